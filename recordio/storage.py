@@ -1,0 +1,56 @@
+"""Open staging URIs (paths, file://, s3://, hdfs://) through pyarrow.fs, with options for S3-compatible stores."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Connection settings for s3:// URIs; unset fields fall back to pyarrow's/AWS's usual environment."""
+
+    endpoint_override: str | None = None
+    region: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    scheme: str | None = None  # "http" for a local S3 API server
+
+    @classmethod
+    def from_env(cls) -> S3Options:
+        """Read SPARKML_EXT_S3_ENDPOINT / _REGION / _SCHEME plus the standard AWS credential variables."""
+        return cls(
+            endpoint_override=os.environ.get("SPARKML_EXT_S3_ENDPOINT"),
+            region=os.environ.get("SPARKML_EXT_S3_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+            scheme=os.environ.get("SPARKML_EXT_S3_SCHEME"),
+        )
+
+    def as_kwargs(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def resolve(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
+    """Return (filesystem, path inside it) for a URI or a plain local path."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    if parsed.scheme in ("s3", "s3a"):
+        opts = (s3 or S3Options.from_env()).as_kwargs()
+        return pafs.S3FileSystem(**opts), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if parsed.scheme == "hdfs":
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path
+    raise ValueError(f"unsupported storage URI scheme {parsed.scheme!r} in {uri!r} (use a path, file://, s3:// or hdfs://)")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join URI path segments with '/' (works for local paths and URIs alike)."""
+    return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create or refresh .venv/ with the pinned dev/CI working set. Idempotent: a stamp skips work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+stamp_src=$(cat requirements/constraints.txt setup.cfg pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16)
+if [ -f .venv/.stamp ] && [ "$(cat .venv/.stamp)" = "$stamp_src" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+"${pip[@]}" --upgrade pip setuptools wheel
+# torch first, pinned: the CPU wheel on local disk; anything wider downloads a CUDA build.
+"${pip[@]}" torch==2.13.0 -c requirements/constraints.txt
+"${pip[@]}" -c requirements/constraints.txt -e '.[all,dev]'
+echo "$stamp_src" > .venv/.stamp
