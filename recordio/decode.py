@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recordio import varint
+from recordio import _kernels as K
 from recordio._proto import Record
 from recordio.encode import KEY_VALUES, _excl_cumsum
 from recordio.errors import PayloadDecodeError, UnsupportedDTypeError
@@ -65,7 +65,7 @@ def parse(frames: Frames, *, path: str | None = None) -> Columns:
     if len(frames) == 0:
         return Columns("float32_tensor", np.zeros(0, np.float32), np.zeros(1, np.int64), None,
                        np.zeros(0, bool), np.zeros(0, np.int64), None, None, frames.file_offsets)
-    cols = _parse_uniform(frames) or _parse_vectorized(frames.buf, frames.offsets, frames.lengths)
+    cols = _parse_uniform(frames) or _parse_layout(frames)
     if cols is None:
         cols = _parse_protobuf(frames, path)
     cols.file_offsets = frames.file_offsets
@@ -88,69 +88,29 @@ def to_batch(cols: Columns, *, path: str | None = None) -> Batch:
                                      f"record 0 has {width}", path=path, offset=int(cols.file_offsets[i]))
         return Batch(cols.values.astype(dtype, copy=False).reshape(n, width), cols.labels, cols.uids)
     dim = int(cols.dims.max()) if n else 0
-    row_of = np.repeat(np.arange(n), counts)
-    position = np.arange(cols.values.size, dtype=np.int64) - cols.indptr[:-1][row_of]
-    keys = np.where(cols.sparse[row_of], cols.keys, position.astype(np.uint64))
-    bad = np.flatnonzero(keys >= cols.dims[row_of].astype(np.uint64))
-    if bad.size:
-        r = int(row_of[bad[0]])
-        raise PayloadDecodeError(f"record {r} has key {int(keys[bad[0]])} outside its shape [{int(cols.dims[r])}]",
-                                 path=path, offset=int(cols.file_offsets[r]))
+    keys = cols.keys
+    row_of = None
+    if not cols.sparse.all():  # dense rows among sparse ones: their keys are their positions
+        row_of = np.repeat(np.arange(n), counts)
+        position = np.arange(cols.values.size, dtype=np.int64) - cols.indptr[:-1][row_of]
+        keys = np.where(cols.sparse[row_of], keys, position.astype(np.uint64))
+    if keys.size and keys.max() >= np.uint64(cols.dims.min()):
+        row_of = np.repeat(np.arange(n), counts) if row_of is None else row_of
+        bad = np.flatnonzero(keys >= cols.dims[row_of].astype(np.uint64))
+        if bad.size:
+            r = int(row_of[bad[0]])
+            raise PayloadDecodeError(f"record {r} has key {int(keys[bad[0]])} outside its shape "
+                                     f"[{int(cols.dims[r])}]", path=path, offset=int(cols.file_offsets[r]))
     index_dtype = np.int32 if dim < 2**31 else np.int64
     matrix = sps.csr_matrix((cols.values.astype(dtype, copy=False), keys.astype(index_dtype),
                              cols.indptr.astype(index_dtype)), shape=(n, dim))
     return Batch(matrix, cols.labels, cols.uids)
 
 
-# ---------------------------------------------------------------- gathering runs of bytes out of the buffer
-
-def gather_items(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Concatenate runs of `counts[i]` items of `dtype` found at byte offsets `starts[i]` (unaligned is fine)."""
-    dtype = np.dtype(dtype)
-    k = dtype.itemsize
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=dtype)
-    n = starts.size
-    if n > 1 and np.all(counts == counts[0]) and np.all(np.diff(starts) == starts[1] - starts[0]) \
-            and starts[1] - starts[0] >= counts[0] * k:
-        rows = np.lib.stride_tricks.as_strided(buf[starts[0]:], shape=(n, int(counts[0]) * k),
-                                               strides=(int(starts[1] - starts[0]), 1), writeable=False)
-        return np.ascontiguousarray(rows).reshape(-1).view(dtype)
-    first = _excl_cumsum(counts)[:-1]
-    elem = np.repeat(starts - first * k, counts) + np.arange(total, dtype=np.int64) * k
-    if k == 1:
-        return buf[elem].view(dtype)
-    unit = np.dtype(f"<u{k}")
-    out = np.empty(total, dtype=unit)
-    phase = elem % k
-    for g in np.unique(phase):
-        sel = phase == g
-        view = buf[g:g + (buf.size - g) // k * k].view(unit)
-        out[sel] = view[(elem[sel] - g) // k]
-    return out.view(dtype)
-
-
-def _decode_varint_runs(buf, starts, lens):
-    """Decode each run of packed varints: (values uint64, varints per run) or None when a run is malformed."""
-    stream = gather_items(buf, starts, lens, np.uint8)
-    if stream.size and stream[-1] & 0x80:
-        return None
-    values, last = varint.decode_packed(stream)
-    ends = _excl_cumsum(lens)[1:]
-    nz = lens > 0
-    if nz.any() and np.any(stream[ends[nz] - 1] & 0x80):
-        return None  # a varint straddles two runs
-    per_run = np.diff(np.concatenate([[0], np.searchsorted(last, ends - 1, side="right")]))
-    if values.size and np.diff(np.concatenate([[-1], last])).max() > 10:
-        return None
-    return values, per_run
-
-
 # ---------------------------------------------------------------- fast parsers
 
 def _parse_uniform(frames: Frames) -> Columns | None:
-    """Equal-length, equally spaced records whose non-data bytes all match record 0: slice columns out directly."""
+    """Equal-length, equally spaced dense float records whose non-data bytes all match record 0: slice columns."""
     off, ln, buf = frames.offsets, frames.lengths, frames.buf
     n = off.size
     if n < 2 or not np.all(ln == ln[0]):
@@ -158,178 +118,134 @@ def _parse_uniform(frames: Frames) -> Columns | None:
     stride = int(off[1] - off[0])
     if stride < ln[0] or not np.all(np.diff(off) == stride):
         return None
-    one = _parse_vectorized(buf, off[:1], ln[:1], regions=True)
-    if one is None or one[0].kind == "int32_tensor" or one[0].uids is not None:
+    info = np.empty((1, K.LAYOUT_COLUMNS), np.int64)
+    if K.layout(buf, off[:1], ln[:1], info) >= 0:
         return None
-    cols0, regions = one
-    if cols0.labels is not None and cols0.labels.dtype.kind == "i":
+    row = info[0]
+    kind = KIND_BY_TAG[int(row[K.TAG])]
+    if kind == "int32_tensor" or row[K.KSTART] >= 0 or row[K.SSTART] >= 0 or row[K.USTART] >= 0:
         return None
+    regions = [(row[K.VSTART], max(row[K.VLEN], 0), DTYPE[kind])]
+    if row[K.LTAG] >= 0:
+        lkind = KIND_BY_TAG[int(row[K.LTAG])]
+        if lkind == "int32_tensor" or row[K.LLEN] != DTYPE[lkind].itemsize:
+            return None
+        regions.append((row[K.LSTART], row[K.LLEN], DTYPE[lkind]))
     rows = np.lib.stride_tricks.as_strided(buf[off[0]:], shape=(n, int(ln[0])), strides=(stride, 1),
                                            writeable=False)
     data_mask = np.zeros(int(ln[0]), dtype=bool)
-    for start, length in regions:
-        data_mask[start - off[0]:start - off[0] + length] = True
+    for start, length, _ in regions:
+        if start >= 0:
+            data_mask[start - off[0]:start - off[0] + length] = True
     structural = np.flatnonzero(~data_mask)
     if not np.array_equal(rows[:, structural], np.broadcast_to(rows[0, structural], (n, structural.size))):
         return None
-    (vs, vl) = regions[0]
-    vs -= int(off[0])
-    values = np.ascontiguousarray(rows[:, vs:vs + vl]).reshape(-1).view(DTYPE[cols0.kind])
-    count = vl // DTYPE[cols0.kind].itemsize
-    labels = None
-    if cols0.labels is not None:
-        ls, ll = regions[1]
-        ls -= int(off[0])
-        labels = np.ascontiguousarray(rows[:, ls:ls + ll]).reshape(-1).view(cols0.labels.dtype)
-    keys = None
-    if cols0.sparse[0]:
-        return None  # sparse records with equal keys everywhere are rare; the vectorized parser handles them
-    return Columns(cols0.kind, values, np.arange(n + 1, dtype=np.int64) * count, keys, np.zeros(n, bool),
+    columns = []
+    for start, length, dtype in regions:
+        if start < 0:
+            columns.append(np.zeros(0, dtype))
+            continue
+        at = int(start - off[0])
+        columns.append(np.ascontiguousarray(rows[:, at:at + length]).reshape(-1).view(dtype))
+    count = regions[0][1] // DTYPE[kind].itemsize
+    labels = columns[1] if len(columns) > 1 else None
+    return Columns(kind, columns[0], np.arange(n + 1, dtype=np.int64) * count, None, np.zeros(n, bool),
                    np.full(n, count, np.int64), labels, None, frames.file_offsets)
 
 
-def _parse_vectorized(buf: np.ndarray, off: np.ndarray, ln: np.ndarray, regions: bool = False):
-    """Parse records laid out as SageMaker writes them (features, label, uid in field order), all at once.
+def _runs(info: np.ndarray, start_col: int, len_col: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(present mask, starts, lengths) of one field across records; absent fields become empty runs."""
+    present = info[:, start_col] >= 0
+    return present, np.where(present, info[:, start_col], 0), np.where(present, info[:, len_col], 0)
+
+
+def _varint_runs(buf, starts, lengths) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int64 values back to back, count per run) of packed varint runs, or None when a run is malformed."""
+    counts = np.empty(starts.size, np.int64)
+    if K.count_varints(buf, starts, lengths, counts) >= 0:
+        return None
+    values = np.empty(int(counts.sum()), np.int64)
+    if K.decode_varints(buf, starts, lengths, values) >= 0:
+        return None
+    return values, counts
+
+
+def _bytes_runs(buf, starts, lengths) -> np.ndarray:
+    out = np.empty(int(lengths.sum()), np.uint8)
+    K.copy_runs(buf, starts, lengths, out)
+    return out
+
+
+def _parse_layout(frames: Frames) -> Columns | None:
+    """Parse records laid out as SageMaker writes them (compiled layout scan, then array gathers).
 
     Returns None when any record departs from that layout; the protobuf parser then takes over.
     """
-    n = off.size
-    end = off + ln
-    last = buf.size - 1
-
-    def at(p):
-        return buf[np.minimum(p, last)]
-
-    def entry(p, limit, field_tag):
-        """Map entry with key "values" at p: (tensor kind tag, tensor start, entry end) or None."""
-        if not (np.all(p < limit) and np.all(at(p) == field_tag)):
-            return None
-        length, q, ok = varint.read_at(buf, p + 1, limit)
-        e_end = q + length
-        if not ok.all() or np.any(e_end > limit) or np.any(q + 10 > e_end):
-            return None
-        if not np.all(buf[q[:, None] + np.arange(KEY_VALUES.size)] == KEY_VALUES):
-            return None
-        q = q + KEY_VALUES.size
-        if not np.all(at(q) == 0x12):
-            return None
-        length, q, ok = varint.read_at(buf, q + 1, e_end)
-        if not ok.all() or np.any(q + length != e_end) or np.any(q >= e_end):
-            return None
-        tag = at(q)
-        if not np.all(tag == tag[0]) or int(tag[0]) not in KIND_BY_TAG:
-            return None
-        length, q, ok = varint.read_at(buf, q + 1, e_end)
-        if not ok.all() or np.any(q + length != e_end):
-            return None
-        return int(tag[0]), q, e_end
-
-    found = entry(off, end, 0x0A)
-    if found is None:
+    buf, n = frames.buf, len(frames)
+    info = np.empty((n, K.LAYOUT_COLUMNS), np.int64)
+    if K.layout(buf, frames.offsets, frames.lengths, info) >= 0:
         return None
-    tag, p, t_end = found
-    kind = KIND_BY_TAG[tag]
-    fields = []
-    for ftag in (0x0A, 0x12, 0x1A):
-        has = (p < t_end) & (at(p) == ftag)
-        start = np.zeros(n, np.int64)
-        flen = np.zeros(n, np.int64)
-        if has.any():
-            length, q, ok = varint.read_at(buf, p[has] + 1, t_end[has])
-            length = length.astype(np.int64)
-            if not ok.all() or np.any(q + length > t_end[has]):
-                return None
-            start[has], flen[has] = q, length
-            p = p.copy()
-            p[has] = q + length
-        fields.append((has, start, flen))
-    if not np.array_equal(p, t_end):
+    tags = info[:, K.TAG]
+    if not np.all(tags == tags[0]):
         return None
-    p = t_end
-
-    labels = None
-    label_region = None
-    has_label = (p < end) & (at(p) == 0x12)
-    if has_label.any():
-        if not has_label.all():
-            return None
-        found = entry(p, end, 0x12)
-        if found is None:
-            return None
-        ltag, q, lt_end = found
-        if not (np.all(at(q) == 0x0A) and np.all(q < lt_end)):
-            return None
-        length, q, ok = varint.read_at(buf, q + 1, lt_end)
-        length = length.astype(np.int64)
-        if not ok.all() or np.any(q + length != lt_end):
-            return None
-        lkind = KIND_BY_TAG[ltag]
-        if lkind == "int32_tensor":
-            got = _decode_varint_runs(buf, q, length)
-            if got is None or np.any(got[1] != 1):
-                return None
-            labels = got[0].view(np.int64).astype(np.int32)
-        else:
-            size = DTYPE[lkind].itemsize
-            if np.any(length != size):
-                return None
-            labels = gather_items(buf, q, np.ones(n, np.int64), DTYPE[lkind])
-            label_region = (int(q[0]), size)
-        p = lt_end
-
-    uids = None
-    has_uid = (p < end) & (at(p) == 0x1A)
-    if has_uid.any():
-        if not has_uid.all():
-            return None
-        length, q, ok = varint.read_at(buf, p + 1, end)
-        length = length.astype(np.int64)
-        if not ok.all() or np.any(q + length > end):
-            return None
-        raw = gather_items(buf, q, length, np.uint8).tobytes()
-        bounds = _excl_cumsum(length)
-        try:
-            uids = [raw[bounds[i]:bounds[i + 1]].decode("utf-8") for i in range(n)]
-        except UnicodeDecodeError:
-            return None
-        p = q + length
-    if not np.array_equal(p, end):
-        return None
-
-    (has_v, vstart, vlen), (has_k, kstart, klen), (has_s, sstart, slen) = fields
+    kind = KIND_BY_TAG[int(tags[0])]
+    _, vstart, vlen = _runs(info, K.VSTART, K.VLEN)
     if kind == "int32_tensor":
-        got = _decode_varint_runs(buf, vstart, vlen)
+        got = _varint_runs(buf, vstart, vlen)
         if got is None:
             return None
-        values = got[0].view(np.int64).astype(np.int32)
-        counts = got[1]
+        values, counts = got[0].astype(np.int32), got[1]
     else:
         size = DTYPE[kind].itemsize
         if np.any(vlen % size):
             return None
         counts = vlen // size
-        values = gather_items(buf, vstart, counts, DTYPE[kind])
+        values = _bytes_runs(buf, vstart, vlen).view(DTYPE[kind])
+
+    has_k, kstart, klen = _runs(info, K.KSTART, K.KLEN)
+    has_s, sstart, slen = _runs(info, K.SSTART, K.SLEN)
     sparse = has_k | has_s
     keys = None
     dims = counts.copy()
     if sparse.any():
-        got = _decode_varint_runs(buf, kstart, klen)
-        if got is None or np.any(got[1] != np.where(sparse, counts, 0)):
+        got = _varint_runs(buf, kstart, klen)
+        shape = _varint_runs(buf, sstart, slen)
+        if got is None or shape is None or np.any(got[1] != np.where(sparse, counts, 0)) \
+                or np.any(shape[1] != sparse):
             return None
         keys = np.zeros(values.size, np.uint64)
-        row_sparse = np.repeat(sparse, counts)
-        keys[row_sparse] = got[0]
-        shape = _decode_varint_runs(buf, sstart, slen)
-        if shape is None or np.any(shape[1][sparse] != 1) or np.any(shape[1][~sparse] != 0):
+        keys[np.repeat(sparse, counts)] = got[0].view(np.uint64)
+        dims[sparse] = shape[0]
+
+    labels = None
+    ltags = info[:, K.LTAG]
+    if ltags[0] >= 0 or np.any(ltags >= 0):
+        if not np.all(ltags == ltags[0]):
             return None
-        dims[sparse] = shape[0].astype(np.int64)
-    cols = Columns(kind, values, _excl_cumsum(counts), keys, sparse, dims, labels, uids, np.zeros(0, np.int64))
-    if regions:
-        found_regions = [(int(vstart[0]), int(vlen[0]))]
-        if label_region is not None:
-            found_regions.append(label_region)
-        return cols, found_regions
-    return cols
+        lkind = KIND_BY_TAG[int(ltags[0])]
+        _, lstart, llen = _runs(info, K.LSTART, K.LLEN)
+        if lkind == "int32_tensor":
+            got = _varint_runs(buf, lstart, llen)
+            if got is None or np.any(got[1] != 1):
+                return None
+            labels = got[0].astype(np.int32)
+        else:
+            if np.any(llen != DTYPE[lkind].itemsize):
+                return None
+            labels = _bytes_runs(buf, lstart, llen).view(DTYPE[lkind])
+
+    uids = None
+    has_u, ustart, ulen = _runs(info, K.USTART, K.ULEN)
+    if has_u.any():
+        if not has_u.all():
+            return None
+        raw = _bytes_runs(buf, ustart, ulen).tobytes()
+        bounds = _excl_cumsum(ulen).tolist()
+        try:
+            uids = [raw[bounds[i]:bounds[i + 1]].decode("utf-8") for i in range(n)]
+        except UnicodeDecodeError:
+            return None
+    return Columns(kind, values, _excl_cumsum(counts), keys, sparse, dims, labels, uids, frames.file_offsets)
 
 
 # ---------------------------------------------------------------- reference parser

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import recordio
-from recordio.decode import _parse_protobuf, _parse_vectorized
+from recordio.decode import _parse_layout, _parse_protobuf
 from tests.recordio import reference
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -97,7 +97,7 @@ def test_mixed_rows_with_uids_match_reference(data):
                                n_cols=np.array(dims), labels=labels, uids=uids)
     assert got == reference.encode_rows(rows, n_cols=dims, labels=labels, uids=uids)
     frames = recordio.scan_frames(got)
-    fast = _parse_vectorized(frames.buf, frames.offsets, frames.lengths)
+    fast = _parse_layout(frames)
     slow = _parse_protobuf(frames, None)
     assert fast is not None
     for cols in (fast, slow):
