@@ -8,7 +8,7 @@ import numpy as np
 
 from recordio import _kernels as K
 from recordio._proto import Record
-from recordio.encode import KEY_VALUES, _excl_cumsum
+from recordio.encode import excl_cumsum
 from recordio.errors import PayloadDecodeError, UnsupportedDTypeError
 from recordio.framing import Frames, scan_frames
 from recordio.tensor import DTYPE, KIND_BY_TAG
@@ -240,12 +240,12 @@ def _parse_layout(frames: Frames) -> Columns | None:
         if not has_u.all():
             return None
         raw = _bytes_runs(buf, ustart, ulen).tobytes()
-        bounds = _excl_cumsum(ulen).tolist()
+        bounds = excl_cumsum(ulen).tolist()
         try:
             uids = [raw[bounds[i]:bounds[i + 1]].decode("utf-8") for i in range(n)]
         except UnicodeDecodeError:
             return None
-    return Columns(kind, values, _excl_cumsum(counts), keys, sparse, dims, labels, uids, frames.file_offsets)
+    return Columns(kind, values, excl_cumsum(counts), keys, sparse, dims, labels, uids, frames.file_offsets)
 
 
 # ---------------------------------------------------------------- reference parser
@@ -302,7 +302,7 @@ def _parse_protobuf(frames: Frames, path: str | None) -> Columns:
     any_sparse = any(sparse)
     key_arr = np.array([x for row in keys for x in row], dtype=np.uint64) if any_sparse else None
     uid_list = [u or "" for u in uids] if any(u is not None for u in uids) else None
-    return Columns(kind, flat, _excl_cumsum(np.array(counts, np.int64)), key_arr, np.array(sparse, bool),
+    return Columns(kind, flat, excl_cumsum(np.array(counts, np.int64)), key_arr, np.array(sparse, bool),
                    np.array(dims, np.int64), label_arr, uid_list, frames.file_offsets)
 
 

@@ -12,14 +12,14 @@ from recordio.tensor import DTYPE, TAG, kind_of, to_tensor_values
 KEY_VALUES = np.frombuffer(b"\x0a\x06values", dtype=np.uint8)  # map entry field 1: the key "values"
 
 
-def _excl_cumsum(a: np.ndarray) -> np.ndarray:
+def excl_cumsum(a: np.ndarray) -> np.ndarray:
     out = np.zeros(a.size + 1, dtype=np.int64)
     np.cumsum(a, out=out[1:])
     return out
 
 
 def _segment_sums(per_item: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    cs = _excl_cumsum(per_item)
+    cs = excl_cumsum(per_item)
     return cs[indptr[1:]] - cs[indptr[:-1]]
 
 
@@ -36,7 +36,7 @@ def scatter_items(out: np.ndarray, dest: np.ndarray, items: np.ndarray, counts: 
     if n == 0:
         return
     units = items.view(np.dtype(f"<u{k}") if k > 1 else np.uint8)
-    first = _excl_cumsum(counts)[:-1]
+    first = excl_cumsum(counts)[:-1]
     elem_dest = np.repeat(dest - first * k, counts) + np.arange(n, dtype=np.int64) * k
     if k == 1:
         out[elem_dest] = units
@@ -54,7 +54,7 @@ def _put_packed_varints(out, pos, vals, vlens, indptr):
     if vals.size == 0:
         return
     row_of = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    cs = _excl_cumsum(vlens)
+    cs = excl_cumsum(vlens)
     dest = pos[row_of] + cs[:-1] - cs[indptr[:-1]][row_of]
     varint.put(out, dest, vals, vlens)
 
@@ -115,7 +115,7 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
         raise RecordTooLargeError(f"row {row} of {what} encodes to {int(payload[row])} bytes, over RecordIO's "
                                   f"{MAX_PAYLOAD}-byte record limit")
     frames = 8 + ((payload + 3) & ~3)
-    starts = _excl_cumsum(frames)
+    starts = excl_cumsum(frames)
     out = np.zeros(int(starts[-1]), dtype=np.uint8)
     words = out.view(np.uint32)
     words[starts[:-1] // 4] = MAGIC
@@ -145,7 +145,7 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
             p[has_keys] = varint.put(out, q + 1, kbytes[has_keys])
             in_sparse_row = np.repeat(sp, counts)
             _put_packed_varints(out, p, key_u[in_sparse_row], key_sizes[in_sparse_row],
-                                _excl_cumsum(np.where(sp, counts, 0)))
+                                excl_cumsum(np.where(sp, counts, 0)))
             p = p + np.where(has_keys, kbytes, 0)
         if sp.any():
             q = p[sp]
