@@ -143,3 +143,27 @@ def copy_runs(buf, starts, lengths, out):
         n = lengths[i]
         out[k:k + n] = buf[s:s + n]
         k += n
+
+
+@njit(cache=True, nogil=True)
+def scatter_runs(out, dest, src, src_starts, lengths):
+    """Copy src[src_starts[i]:+lengths[i]] to out[dest[i]:] for every row (segmented memcpy)."""
+    for i in range(dest.size):
+        n = lengths[i]
+        out[dest[i]:dest[i] + n] = src[src_starts[i]:src_starts[i] + n]
+
+
+@njit(cache=True, nogil=True)
+def put_varint_runs(out, dest, values, indptr, rows):
+    """Write row r's values[indptr[r]:indptr[r+1]] (uint64 bit patterns) as back-to-back varints at out[dest[r]:],
+    for each r in `rows`."""
+    for r in rows:
+        p = dest[r]
+        for j in range(indptr[r], indptr[r + 1]):
+            v = values[j]
+            while v >= 0x80:
+                out[p] = np.uint8((v & 0x7F) | 0x80)
+                v >>= 7
+                p += 1
+            out[p] = np.uint8(v)
+            p += 1

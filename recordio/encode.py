@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recordio import _kernels as K
 from recordio import varint
 from recordio.errors import InputShapeError, RecordTooLargeError
 from recordio.framing import MAGIC, MAX_PAYLOAD
@@ -30,33 +31,17 @@ def _put_bytes(out: np.ndarray, pos: np.ndarray, const: np.ndarray) -> np.ndarra
 
 
 def scatter_items(out: np.ndarray, dest: np.ndarray, items: np.ndarray, counts: np.ndarray) -> None:
-    """Copy row i's run of fixed-size items to out[dest[i]:] (segmented memcpy), in item-sized units."""
+    """Copy row i's run of fixed-size items to out[dest[i]:] (segmented memcpy)."""
     k = items.dtype.itemsize
-    n = items.size
-    if n == 0:
-        return
-    units = items.view(np.dtype(f"<u{k}") if k > 1 else np.uint8)
-    first = excl_cumsum(counts)[:-1]
-    elem_dest = np.repeat(dest - first * k, counts) + np.arange(n, dtype=np.int64) * k
-    if k == 1:
-        out[elem_dest] = units
-        return
-    phase = elem_dest % k
-    for g in np.unique(phase):
-        sel = phase == g
-        usable = (out.size - g) // k * k
-        view = out[g:g + usable].view(units.dtype)
-        view[(elem_dest[sel] - g) // k] = units[sel]
+    if items.size:
+        K.scatter_runs(out, dest, items.view(np.uint8), excl_cumsum(counts)[:-1] * k, counts * k)
 
 
-def _put_packed_varints(out, pos, vals, vlens, indptr):
-    """Write each row's varints back to back starting at pos[row]."""
-    if vals.size == 0:
-        return
-    row_of = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    cs = excl_cumsum(vlens)
-    dest = pos[row_of] + cs[:-1] - cs[indptr[:-1]][row_of]
-    varint.put(out, dest, vals, vlens)
+def _put_packed_varints(out, pos, vals, indptr, rows=None):
+    """Write each selected row's varints back to back starting at pos[row]."""
+    if vals.size:
+        rows = np.arange(indptr.size - 1) if rows is None else rows
+        K.put_varint_runs(out, pos, varint.as_varint_u64(vals), indptr, rows)
 
 
 def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | None = None,
@@ -134,7 +119,7 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
         out[q] = 0x0A
         p[has_vals] = varint.put(out, q + 1, vbytes[has_vals])
         if is_int:
-            _put_packed_varints(out, p, vals, val_sizes, indptr)
+            _put_packed_varints(out, p, vals, indptr)
         else:
             scatter_items(out, p, vals, counts)
         p = p + vbytes
@@ -143,9 +128,7 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
             q = p[has_keys]
             out[q] = 0x12
             p[has_keys] = varint.put(out, q + 1, kbytes[has_keys])
-            in_sparse_row = np.repeat(sp, counts)
-            _put_packed_varints(out, p, key_u[in_sparse_row], key_sizes[in_sparse_row],
-                                excl_cumsum(np.where(sp, counts, 0)))
+            _put_packed_varints(out, p, key_u, indptr, np.flatnonzero(has_keys))
             p = p + np.where(has_keys, kbytes, 0)
         if sp.any():
             q = p[sp]
@@ -205,10 +188,12 @@ def encode_dense(array: np.ndarray, labels: np.ndarray | None = None) -> bytes:
     tmpl = np.frombuffer(_template_dense(n, d, kind, lkind), dtype=np.uint8)
     stride = tmpl.size
     out = np.empty((n, stride), dtype=np.uint8)
-    out[:] = tmpl
     itemsize = DTYPE[kind].itemsize
     data_at = _dense_data_offset(d, kind)
-    out[:, data_at:data_at + d * itemsize] = to_tensor_values(array, kind).view(np.uint8).reshape(n, -1)
+    data_end = data_at + d * itemsize
+    out[:, :data_at] = tmpl[:data_at]
+    out[:, data_at:data_end] = to_tensor_values(array, kind).view(np.uint8).reshape(n, -1)
+    out[:, data_end:] = tmpl[data_end:]
     if lkind is not None:
         lsize = DTYPE[lkind].itemsize
         lat = data_at + d * itemsize + (2 + KEY_VALUES.size + 2 + 2 + 2)
