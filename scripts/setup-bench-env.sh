@@ -9,4 +9,4 @@ pip=(.venv-bench/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" -r benchmarks/requirements.txt -c requirements/constraints.txt 2>/dev/null \
   || "${pip[@]}" -r benchmarks/requirements.txt  # the SDK may pin protobuf/numpy below our dev pins
 "${pip[@]}" --no-deps -e .
-"${pip[@]}" scipy pyarrow
+"${pip[@]}" scipy pyarrow numba  # recordio's own needs (no torch/ray/spark here)

@@ -13,5 +13,5 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" --upgrade pip setuptools wheel
 # torch first, pinned: the CPU wheel on local disk; anything wider downloads a CUDA build.
 "${pip[@]}" torch==2.13.0 -c requirements/constraints.txt
-"${pip[@]}" -c requirements/constraints.txt -e '.[all,dev]'
+"${pip[@]}" -c requirements/constraints.txt -e '.[dev]'
 echo "$stamp_src" > .venv/.stamp
