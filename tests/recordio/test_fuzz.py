@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import scipy.sparse as sps
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 import recordio
 from tests.recordio.golden import GOLDEN_DIR
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# RECORDIO_FUZZ_EXAMPLES raises the count for a long local campaign; CI runs the default.
+FUZZ = settings(max_examples=int(os.environ.get("RECORDIO_FUZZ_EXAMPLES", "400")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 SEEDS = [p.read_bytes() for p in sorted(GOLDEN_DIR.glob("*.rec")) if p.stat().st_size < 4096] + [
     recordio.encode_sparse(sps.random(6, 50, density=0.2, format="csr", dtype=np.float32, random_state=1),
                            np.arange(6, dtype=np.float32)),
