@@ -290,7 +290,10 @@ def _parse_protobuf(frames: Frames, path: str | None) -> Columns:
             labels.append(ltensor.values[0])
         else:
             labels.append(None)
-        uids.append(record.uid if record.HasField("uid") else None)
+        uid = record.uid if record.HasField("uid") else None
+        if isinstance(uid, bytes):  # proto2 strings are not checked for UTF-8; protobuf hands back raw bytes
+            raise PayloadDecodeError(f"record {i} has a uid that is not valid UTF-8", path=path, offset=offset)
+        uids.append(uid)
     kind = _common_kind(kinds)
     flat = np.array([x for row in vals for x in row], dtype=DTYPE[kind])
     if not label_kinds:

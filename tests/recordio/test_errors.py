@@ -201,3 +201,10 @@ def test_errors_share_one_base_that_is_a_value_error():
                 recordio.MultipartError, recordio.PayloadDecodeError, recordio.UnsupportedDTypeError,
                 recordio.InputShapeError, recordio.ValueOutOfRangeError):
         assert issubclass(cls, recordio.RecordIOError) and issubclass(cls, ValueError)
+
+
+def test_uid_that_is_not_utf8_is_a_payload_error():
+    data = GOOD + frame(b"\x1a\x02\xff\xfe")  # field 3 (uid) holding invalid UTF-8
+    for read in (recordio.decode, recordio.decode_arrow):
+        with pytest.raises(recordio.PayloadDecodeError, match="record 1 has a uid that is not valid UTF-8"):
+            read(data)
