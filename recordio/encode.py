@@ -14,6 +14,7 @@ KEY_VALUES = np.frombuffer(b"\x0a\x06values", dtype=np.uint8)  # map entry field
 
 
 def excl_cumsum(a: np.ndarray) -> np.ndarray:
+    """[0, a0, a0+a1, ...]: run boundaries from run lengths (int64, one longer than `a`)."""
     out = np.zeros(a.size + 1, dtype=np.int64)
     np.cumsum(a, out=out[1:])
     return out
@@ -161,7 +162,7 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
     return out.tobytes()
 
 
-def _template_dense(n_rows: int, n_cols: int, kind: str, lkind: str | None) -> bytes:
+def _template_dense(n_cols: int, kind: str, lkind: str | None) -> bytes:
     """Encode one zero row: every uniform dense row shares this layout, only the data bytes differ."""
     zeros = np.zeros(n_cols, dtype=DTYPE[kind])
     labels = None if lkind is None else np.zeros(1, dtype=DTYPE[lkind])
@@ -185,7 +186,7 @@ def encode_dense(array: np.ndarray, labels: np.ndarray | None = None) -> bytes:
     if kind == "int32_tensor" or lkind == "int32_tensor" or n == 0:
         vals = to_tensor_values(array, kind).reshape(-1)
         return encode_rows(vals, np.arange(n + 1, dtype=np.int64) * d, labels=labels)
-    tmpl = np.frombuffer(_template_dense(n, d, kind, lkind), dtype=np.uint8)
+    tmpl = np.frombuffer(_template_dense(d, kind, lkind), dtype=np.uint8)
     stride = tmpl.size
     out = np.empty((n, stride), dtype=np.uint8)
     itemsize = DTYPE[kind].itemsize

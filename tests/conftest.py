@@ -41,3 +41,23 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 API server on 127.0.0.1 (random free port) with one bucket; yields (S3Options, bucket name)."""
+    pytest.importorskip("moto.server")
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    from recordio.storage import S3Options
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    opts = S3Options(endpoint_override=f"{host}:{port}", region="us-east-1", access_key="testing",
+                     secret_key="testing", scheme="http")
+    bucket = "sparkml-ext-test"
+    pafs.S3FileSystem(**opts.as_kwargs(), allow_bucket_creation=True).create_dir(bucket)
+    yield opts, bucket
+    server.stop()
