@@ -106,37 +106,43 @@ def encode_arrow(batch: pa.RecordBatch | pa.Table, features: str | Sequence[str]
                                 "float/double, or a list of numeric column names")
 
 
-def _encode_vectors(col: pa.StructArray, name: str, labels, uids, dtype) -> bytes:
-    """Spark ML vectors: dense rows as dense Records, sparse rows with keys and shape=[size]."""
+def vector_columns(col: pa.StructArray, name: str = "features", dtype="float64") -> Columns:
+    """Spark ML vectors (Arrow struct layout) as Columns: each row dense or sparse as stored, no densifying."""
     _no_nulls(col, name, "vectors")
     if col.offset:
         col = pa.concat_arrays([col])  # normalise a sliced struct so its children line up
-    kinds = col.field("type").to_numpy(zero_copy_only=False)
-    sparse = kinds == 0
-    values_col = col.field("values")
-    flat, offsets = _list_parts(values_col, name)
+    sparse = col.field("type").to_numpy(zero_copy_only=False) == 0
+    flat, offsets = _list_parts(col.field("values"), name)
     flat = flat.astype(dtype, copy=False)
     counts = np.diff(offsets)
     n = len(col)
-    if not sparse.any():
-        if uids is None and n and np.all(counts == counts[0]):
-            return encode_dense(flat.reshape(n, int(counts[0])), labels)
-        return encode_rows(flat, offsets, labels=labels, uids=uids, what=f"column {name!r}")
-    idx_col = col.field("indices")
-    idx_offsets = idx_col.offsets.to_numpy().astype(np.int64)
-    idx_counts = np.diff(idx_offsets)
-    mismatch = np.flatnonzero(sparse & (idx_counts != counts))
-    if mismatch.size:
-        raise InputShapeError(f"column {name!r}: sparse vector at row {int(mismatch[0])} has "
-                              f"{int(idx_counts[mismatch[0]])} indices but {int(counts[mismatch[0]])} values")
-    keys = np.zeros(flat.size, dtype=np.uint64)
-    idx_flat = idx_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    # children of null (dense-row) indices lists contribute no elements, so the flattened order is the sparse rows'
-    keys[np.repeat(sparse, counts)] = idx_flat.astype(np.uint64)
-    sizes = col.field("size").to_numpy(zero_copy_only=False)
-    n_cols = np.where(sparse, np.nan_to_num(sizes, nan=0), counts).astype(np.int64)
-    return encode_rows(flat, offsets, keys=keys, sparse_rows=sparse, n_cols=n_cols, labels=labels, uids=uids,
-                       what=f"column {name!r}")
+    keys = None
+    dims = counts.copy()
+    if sparse.any():
+        idx_col = col.field("indices")
+        idx_counts = np.diff(idx_col.offsets.to_numpy().astype(np.int64))
+        mismatch = np.flatnonzero(sparse & (idx_counts != counts))
+        if mismatch.size:
+            raise InputShapeError(f"column {name!r}: sparse vector at row {int(mismatch[0])} has "
+                                  f"{int(idx_counts[mismatch[0]])} indices but {int(counts[mismatch[0]])} values")
+        keys = np.zeros(flat.size, dtype=np.uint64)
+        # null (dense-row) indices lists contribute no elements, so the flattened order is the sparse rows'
+        keys[np.repeat(sparse, counts)] = idx_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint64)
+        sizes = col.field("size").to_numpy(zero_copy_only=False)
+        dims[sparse] = sizes[sparse].astype(np.int64)
+    kind = "float32_tensor" if np.dtype(dtype) == np.float32 else "float64_tensor"
+    return Columns(kind, flat, offsets, keys, sparse, dims, None, None, np.zeros(n, np.int64))
+
+
+def _encode_vectors(col: pa.StructArray, name: str, labels, uids, dtype) -> bytes:
+    """Spark ML vectors: dense rows as dense Records, sparse rows with keys and shape=[size]."""
+    cols = vector_columns(col, name, dtype)
+    n = cols.num_records
+    counts = np.diff(cols.indptr)
+    if not cols.sparse.any() and uids is None and n and np.all(counts == counts[0]):
+        return encode_dense(cols.values.reshape(n, int(counts[0])), labels)
+    return encode_rows(cols.values, cols.indptr, keys=cols.keys, sparse_rows=cols.sparse if cols.keys is not None
+                       else None, n_cols=cols.dims, labels=labels, uids=uids, what=f"column {name!r}")
 
 
 def columns_to_arrow(cols: Columns) -> pa.RecordBatch:
