@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden" / "recordio"
+REPO = str(Path(__file__).resolve().parent.parent)
+# Spark's Python workers and Ray's workers import test helpers by module path ("tests.ml.models:mlp").
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")
@@ -34,13 +37,35 @@ def spark():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """An embedded local Ray runtime shared by the whole test session."""
+def ray_cluster():
+    """One real two-node Ray cluster (`ray.cluster_utils.Cluster`, 2 CPUs per node, custom resources node_a and
+    node_b) connected to this process and shared by every test that needs Ray: a process holds one Ray connection,
+    so tests that need a fresh runtime run in a subprocess. Yields {"multinode": bool, "nodes": int}."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        yield {"multinode": False, "nodes": 1}
+        return
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_a": 4},
+                                                            "include_dashboard": False})
+    cluster.add_node(num_cpus=2, resources={"node_b": 4})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": REPO}})
+    try:
+        yield {"multinode": True, "nodes": 2}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_cluster):
+    """The session's Ray runtime, for tests that only need some Ray (it is the shared two-node cluster)."""
+    import ray
+
+    return ray
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,117 @@
+"""The algorithm interface: train on a worker (channels + collective + hyperparameters + checkpoint hook) →
+model state; predict a batch → named output arrays; state is named numpy arrays plus JSON (no pickle)."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+BUILTIN = {
+    "linear-sgd": "ray_backend.algorithms.linear:LinearSGD",
+    "torch": "ray_backend.algorithms.torch_module:TorchModule",
+}
+
+
+@dataclass
+class ModelState:
+    """Everything needed to resume or predict: named arrays and a JSON-able dict."""
+
+    tensors: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainContext:
+    """What a worker's algorithm gets: channels, collective, where to start, and the per-epoch hook."""
+
+    rank: int
+    world_size: int
+    collective: Any
+    channels: dict[str, Any]  # name -> ChannelReader
+    backend: str = "torch"
+    device: str = "cpu"
+    start_epoch: int = 0
+    state: ModelState | None = None  # restored checkpoint (resume) or warm-start model
+    resumed: bool = False
+    end_epoch: Callable[[int, dict[str, float], ModelState], None] = lambda epoch, metrics, state: None
+    progress: Callable[[int, int, float | None], None] = lambda epoch, records, loss: None
+
+
+class Algorithm(ABC):
+    """Base class; subclasses set `name`, `version`, validate hyperparameters and implement train/predict."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    requires_label: ClassVar[bool] = True
+
+    def __init__(self, hyperparameters: dict[str, Any], feature_dim: int):
+        self.hyperparameters = self.validate(dict(hyperparameters))
+        self.feature_dim = int(feature_dim)
+        self.state: ModelState | None = None
+
+    @classmethod
+    @abstractmethod
+    def validate(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        """Return hyperparameters with defaults filled; raise ValueError naming a bad one."""
+
+    @property
+    def epochs(self) -> int:
+        return int(self.hyperparameters["epochs"])
+
+    @abstractmethod
+    def train(self, ctx: TrainContext) -> ModelState:
+        """Run epochs ctx.start_epoch.. on this worker, calling ctx.end_epoch after each; return the final state."""
+
+    @abstractmethod
+    def output_columns(self) -> list[str]:
+        """Names of the arrays `predict` returns."""
+
+    def load_state(self, state: ModelState) -> None:
+        """Make the algorithm ready to predict from `state`."""
+        self.state = state
+
+    @abstractmethod
+    def predict(self, features: Any) -> dict[str, np.ndarray]:
+        """Predict a 2-D ndarray or scipy CSR batch → {output name: array with one row per record}."""
+
+
+def resolve(name: str) -> type[Algorithm]:
+    """Find an algorithm class by built-in name or `package.module:Class` path."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"algorithm must be a built-in name {sorted(BUILTIN)} or 'module:Class', got {name!r}")
+    target = BUILTIN.get(name, name)
+    if ":" not in target:
+        raise ValueError(f"unknown algorithm {name!r}: use one of {sorted(BUILTIN)} or 'module:Class'")
+    obj = import_path(target, what="algorithm")
+    if not (isinstance(obj, type) and issubclass(obj, Algorithm)):
+        raise ValueError(f"algorithm {name!r} resolves to {obj!r}, not a ray_backend Algorithm subclass")
+    return obj
+
+
+def import_path(path: str, *, what: str) -> Any:
+    """Import `package.module:attr` (attr may be dotted); errors name the parameter."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{what} must be 'package.module:name', got {path!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{what} {path!r}: cannot import module {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ValueError(f"{what} {path!r}: module {module_name!r} has no attribute {attr!r}") from exc
+    return obj
+
+
+def as_dense(features: Any, dtype: Any = np.float32) -> np.ndarray:
+    """A batch's features as a dense 2-D array."""
+    if hasattr(features, "toarray"):
+        return features.toarray().astype(dtype, copy=False)
+    return np.asarray(features, dtype=dtype)

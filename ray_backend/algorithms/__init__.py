@@ -1,0 +1,1 @@
+"""Built-in algorithms (imported by name through ray_backend.algorithm.resolve)."""

@@ -1,0 +1,149 @@
+"""Model artifacts: `<output>/<job>/model/{model.json, weights.safetensors}`, sha256 of every file checked on load.
+
+Nothing here unpickles: model.json is JSON, weights are safetensors (numpy arrays)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ray_backend.errors import ArtifactError
+from recordio import storage
+
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+FORMAT = "sparkml-ext-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact: its metadata (model.json) and named weight arrays."""
+
+    uri: str
+    meta: dict[str, Any]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> str:
+        return self.meta["algorithm"]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of model.json as stored (which pins every other file's sha256)."""
+        return self.meta.get("_model_json_sha256", "")
+
+
+def model_uri(output_uri: str, job_name: str) -> str:
+    """Where a job's artifact lives."""
+    return storage.join(output_uri, job_name, "model")
+
+
+def tensors_to_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """Serialize named arrays as safetensors bytes."""
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+
+
+def tensors_from_bytes(data: bytes, *, path: str) -> dict[str, np.ndarray]:
+    """Parse safetensors bytes; a malformed file names `path`."""
+    from safetensors.numpy import load
+
+    try:
+        return dict(load(data))
+    except Exception as exc:  # safetensors raises its own SafetensorError and others
+        raise ArtifactError(f"weights file {path!r} is not valid safetensors: {exc}") from exc
+
+
+def save(uri: str, meta: dict[str, Any], tensors: dict[str, np.ndarray], *,
+         s3: storage.S3Options | None = None) -> str:
+    """Write weights then model.json (with the weights' sha256) under `uri`; return `uri`."""
+    if "algorithm" not in meta:
+        raise ValueError("artifact meta must name its 'algorithm'")
+    fs, base = storage.resolve(uri, s3)
+    fs.create_dir(base, recursive=True)
+    weights = tensors_to_bytes(tensors)
+    body = dict(meta)
+    body["format"], body["format_version"] = FORMAT, FORMAT_VERSION
+    body["files"] = {WEIGHTS: {"sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)}}
+    with fs.open_output_stream(f"{base}/{WEIGHTS}") as f:
+        f.write(weights)
+    text = json.dumps(body, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
+    with fs.open_output_stream(f"{base}/{MODEL_JSON}") as f:
+        f.write(text.encode())
+    return uri
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON-serializable in model.json: {type(obj).__name__}")
+
+
+def _read(fs: Any, path: str, uri: str) -> bytes:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"artifact file {uri!r} is missing") from exc
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact file {uri!r}: {exc}") from exc
+
+
+def read_meta(uri: str, *, s3: storage.S3Options | None = None) -> dict[str, Any]:
+    """Read and check model.json only (no weights)."""
+    fs, base = storage.resolve(uri, s3)
+    where = storage.join(uri, MODEL_JSON)
+    raw = _read(fs, f"{base}/{MODEL_JSON}", where)
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactError(f"{where!r} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{where!r} is not a {FORMAT} model.json")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{where!r} has unsupported format_version {meta.get('format_version')!r}")
+    if not isinstance(meta.get("files"), dict) or "algorithm" not in meta:
+        raise ArtifactError(f"{where!r} lacks 'files' or 'algorithm'")
+    meta["_model_json_sha256"] = hashlib.sha256(raw).hexdigest()
+    return meta
+
+
+def load(uri: str, *, s3: storage.S3Options | None = None) -> Artifact:
+    """Load an artifact, verifying every listed file's size and sha256 before parsing it."""
+    meta = read_meta(uri, s3=s3)
+    fs, base = storage.resolve(uri, s3)
+    blobs: dict[str, bytes] = {}
+    for name, info in sorted(meta["files"].items()):
+        if "/" in name or name in ("", ".", ".."):
+            raise ArtifactError(f"model.json at {uri!r} lists an unsafe file name {name!r}")
+        where = storage.join(uri, name)
+        data = _read(fs, f"{base}/{name}", where)
+        got = hashlib.sha256(data).hexdigest()
+        if got != info.get("sha256") or len(data) != info.get("bytes"):
+            raise ArtifactError(f"artifact file {where!r} fails its checksum (sha256 {got}, {len(data)} bytes; "
+                                f"model.json says {info.get('sha256')}, {info.get('bytes')} bytes): "
+                                "tampered or truncated")
+        blobs[name] = data
+    tensors = tensors_from_bytes(blobs[WEIGHTS], path=storage.join(uri, WEIGHTS)) if WEIGHTS in blobs else {}
+    return Artifact(uri=uri, meta=meta, tensors=tensors)
+
+
+def copy(src: str, dst: str, *, s3: storage.S3Options | None = None) -> str:
+    """Copy an artifact byte for byte (model.json and every file it lists), verifying checksums first."""
+    meta = load(src, s3=s3).meta
+    src_fs, src_base = storage.resolve(src, s3)
+    dst_fs, dst_base = storage.resolve(dst, s3)
+    dst_fs.create_dir(dst_base, recursive=True)
+    for name in [*sorted(meta["files"]), MODEL_JSON]:
+        data = _read(src_fs, f"{src_base}/{name}", storage.join(src, name))
+        with dst_fs.open_output_stream(f"{dst_base}/{name}") as f:
+            f.write(data)
+    return dst

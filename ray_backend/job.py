@@ -1,0 +1,340 @@
+"""Run a training job on Ray Train (`TorchTrainer`): validate inputs, start workers that read their channel
+slices, checkpoint every epoch, restore after failures, then write the model artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ray_backend import __version__, artifact
+from ray_backend.algorithm import ModelState, TrainContext, resolve
+from ray_backend.channels import ChannelReader, ChannelSpec, load_manifest
+from ray_backend.cluster import connect, validate_address
+from ray_backend.errors import ChannelError, JobError
+from ray_backend.sharding import assign
+from recordio import storage
+from recordio.manifest import Manifest
+
+log = logging.getLogger("ray_backend.job")
+BACKENDS = ("torch", "horovod")
+STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
+_PROGRESS_EVERY_S = 0.5
+# Ray Train V2's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s): reports, and so
+# checkpoints, register only at a poll, and a finished run is noticed only at one. A shorter poll cuts the fixed
+# cost per job and per report; the preemption watcher (spot-instance notices) is one more actor to start.
+# Both are read from the driver's environment at fit(); a value the user set wins.
+_RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+@dataclass
+class JobSpec:
+    """Everything a training job needs; validated by `validate()` before any cluster work."""
+
+    algorithm: str
+    output_uri: str
+    train: ChannelSpec | str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    validation: ChannelSpec | str | None = None
+    model_uri: str | None = None  # the `model` channel: an artifact to warm-start from
+    job_name: str | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+    placement_strategy: str = "PACK"  # or SPREAD / STRICT_PACK / STRICT_SPREAD
+    backend: str = "torch"
+    max_failures: int = 0
+    address: str = "local"
+    s3: storage.S3Options | None = None
+    local_dir: str | None = None  # where File-mode workers copy shards (default: the system temp dir)
+    progress: bool = True
+
+
+@dataclass
+class JobResult:
+    """What a finished job produced."""
+
+    job_name: str
+    run_name: str
+    model_uri: str
+    metrics_history: list[dict[str, float]]
+    attempts: int
+    timings: dict[str, float]
+    meta: dict[str, Any]
+
+
+def _as_channel(value: ChannelSpec | str | None, name: str) -> ChannelSpec | None:
+    if value is None or isinstance(value, ChannelSpec):
+        return value
+    if isinstance(value, str):
+        return ChannelSpec(value)
+    raise ValueError(f"{name} must be a ChannelSpec or a URI string, got {type(value).__name__}")
+
+
+def _check_spec(spec: JobSpec) -> None:
+    if not isinstance(spec.num_workers, int) or isinstance(spec.num_workers, bool) or spec.num_workers < 1:
+        raise ValueError(f"num_workers must be a positive int, got {spec.num_workers!r}")
+    if spec.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ValueError(f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
+                         f"got {spec.placement_strategy!r}")
+    if spec.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {spec.backend!r}")
+    if not isinstance(spec.max_failures, int) or spec.max_failures < -1:
+        raise ValueError(f"max_failures must be an int >= 0 (or -1 for unlimited), got {spec.max_failures!r}")
+    for k, v in (spec.resources_per_worker or {}).items():
+        if not isinstance(k, str) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"resources_per_worker must map names to non-negative numbers, got {k!r}: {v!r}")
+    if not isinstance(spec.output_uri, str) or not spec.output_uri:
+        raise ValueError(f"output_uri must be a non-empty URI, got {spec.output_uri!r}")
+    storage.resolve(spec.output_uri, spec.s3)  # raises on an unsupported scheme
+    if spec.job_name is not None and (not spec.job_name or "/" in spec.job_name):
+        raise ValueError(f"job_name must be a non-empty name without '/', got {spec.job_name!r}")
+    validate_address(spec.address)
+    if spec.backend == "horovod":
+        from ray_backend.horovod_backend import require_horovod
+
+        require_horovod()
+
+
+def prepare(spec: JobSpec) -> dict[str, Any]:
+    """Validate the spec, read manifests and hyperparameters; return the JSON plan sent to workers."""
+    _check_spec(spec)
+    train = _as_channel(spec.train, "train")
+    validation = _as_channel(spec.validation, "validation")
+    algo_cls = resolve(spec.algorithm)
+    hp = algo_cls.validate(dict(spec.hyperparameters))
+    manifests = {"train": load_manifest(train.uri, spec.s3)}
+    if manifests["train"].records == 0:
+        raise ChannelError(f"channel 'train' at {train.uri!r} has no records")
+    if algo_cls.requires_label and not manifests["train"].has_label:
+        raise ChannelError(f"algorithm {spec.algorithm!r} needs labels; channel 'train' at {train.uri!r} has none")
+    if validation is not None:
+        manifests["validation"] = load_manifest(validation.uri, spec.s3)
+        if manifests["validation"].feature_dim != manifests["train"].feature_dim:
+            raise ChannelError(f"channel 'validation' has feature_dim {manifests['validation'].feature_dim}, "
+                               f"'train' has {manifests['train'].feature_dim}")
+    warm = None
+    if spec.model_uri is not None:
+        warm = artifact.read_meta(spec.model_uri, s3=spec.s3)
+        if warm["algorithm"] != algo_cls.name or warm.get("feature_dim") != manifests["train"].feature_dim:
+            raise ChannelError(f"channel 'model' at {spec.model_uri!r} holds {warm['algorithm']!r} with feature_dim "
+                               f"{warm.get('feature_dim')}; this job trains {algo_cls.name!r} on "
+                               f"{manifests['train'].feature_dim} features")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    job_name = spec.job_name or f"{algo_cls.name}-{stamp}-{uuid.uuid4().hex[:6]}"
+    channels = {"train": train, **({"validation": validation} if validation else {})}
+    return {
+        "algorithm": spec.algorithm, "algorithm_name": algo_cls.name, "hyperparameters": hp,
+        "job_name": job_name, "run_name": f"{job_name}-{uuid.uuid4().hex[:8]}",
+        "channels": {k: v.to_dict() for k, v in channels.items()},
+        "manifests": {k: m.to_json() for k, m in manifests.items()},
+        "model_uri": spec.model_uri, "backend": spec.backend, "use_gpu": bool(spec.use_gpu),
+        "s3": None if spec.s3 is None else asdict(spec.s3), "local_dir": spec.local_dir,
+        "epochs": int(hp.get("epochs", 1)),
+    }
+
+
+def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
+    """Train on Ray and write `<output>/<job>/model/`; bad input raises before any Ray work."""
+    t_start = time.perf_counter()
+    plan = prepare(spec)
+    algo_cls = resolve(spec.algorithm)
+    train_manifest = Manifest.from_json(plan["manifests"]["train"])
+    per_worker_cpu = (spec.resources_per_worker or {}).get("CPU", 1)
+    resources = connect(spec.address)
+    if spec.address == "local" and per_worker_cpu * spec.num_workers > resources.get("CPU", 0):
+        raise ValueError(f"num_workers={spec.num_workers} x {per_worker_cpu} CPU exceeds this Ray cluster's "
+                         f"{resources.get('CPU', 0)} CPUs")
+    t_connected = time.perf_counter()
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ray_backend import progress as progress_mod
+
+    namespace = ray.get_runtime_context().namespace
+    actor_name = f"sparkml-ext-progress-{plan['run_name']}"
+    actor = progress_mod.make_actor(actor_name, namespace, plan["epochs"], spec.num_workers,
+                                    train_manifest.records)
+    plan["progress_actor"] = [actor_name, namespace]
+    fs, ray_path = storage.resolve(storage.join(spec.output_uri, plan["job_name"], "ray"), spec.s3)
+    scaling = ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
+                            resources_per_worker=spec.resources_per_worker,
+                            placement_strategy=spec.placement_strategy)
+    run_config = RunConfig(name=plan["run_name"], storage_path=ray_path, storage_filesystem=fs,
+                           failure_config=FailureConfig(max_failures=spec.max_failures),
+                           checkpoint_config=CheckpointConfig(num_to_keep=2))
+    trainer = TorchTrainer(_train_worker, train_loop_config={"plan": json.dumps(plan)}, scaling_config=scaling,
+                           run_config=run_config, torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"))
+    for key, value in _RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the driver thread below
+            outcome["error"] = exc
+
+    printer = progress_mod.Printer(plan["job_name"], enabled=spec.progress)
+    thread = threading.Thread(target=fit, name=f"fit-{plan['run_name']}", daemon=True)
+    thread.start()
+    snap: dict[str, Any] = {}
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            try:
+                snap = ray.get(actor.snapshot.remote(), timeout=10)
+            except Exception:  # progress is best-effort; the job's outcome decides
+                continue
+            printer.show(snap)
+            if on_progress is not None:
+                on_progress(snap)
+        snap = ray.get(actor.snapshot.remote(), timeout=10)
+        printer.show(snap)
+    finally:
+        printer.close()
+        ray.kill(actor)
+    t_fit = time.perf_counter()
+    if "error" in outcome:
+        raise JobError(f"job {plan['job_name']!r} failed: {outcome['error']}") from outcome["error"]
+    result = outcome["result"]
+    if result.error is not None:
+        raise JobError(f"job {plan['job_name']!r} failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise JobError(f"job {plan['job_name']!r} finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt_dir:
+        state, ckpt_meta = _read_state(ckpt_dir)
+    history = ckpt_meta["history"]
+    model_uri = artifact.model_uri(spec.output_uri, plan["job_name"])
+    timings = {"connect_s": t_connected - t_start, "fit_s": t_fit - t_connected,
+               "total_s": time.perf_counter() - t_start}
+    algo = algo_cls(plan["hyperparameters"], train_manifest.feature_dim)
+    meta = {
+        "algorithm": algo_cls.name, "algorithm_path": spec.algorithm, "algorithm_version": algo_cls.version,
+        "package_version": __version__, "hyperparameters": plan["hyperparameters"],
+        "feature_dim": train_manifest.feature_dim,
+        "input_schema": {"sparse": train_manifest.sparse, "dtypes": train_manifest.dtypes,
+                         "has_label": train_manifest.has_label},
+        "output_columns": algo.output_columns(), "metrics_history": history,
+        "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
+        "workers": spec.num_workers, "backend": spec.backend, "use_gpu": bool(spec.use_gpu),
+        "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": snap.get("attempts", 1),
+        "warm_start_from": spec.model_uri, "timings": timings, "state": state.meta,
+    }
+    artifact.save(model_uri, meta, state.tensors, s3=spec.s3)
+    timings["total_s"] = time.perf_counter() - t_start
+    log.info("[%s] model written to %s in %.1f s", plan["job_name"], model_uri, timings["total_s"])
+    return JobResult(job_name=plan["job_name"], run_name=plan["run_name"], model_uri=model_uri,
+                     metrics_history=history, attempts=meta["attempts"], timings=timings, meta=meta)
+
+
+def _write_state(directory: str, state: ModelState, meta: dict[str, Any]) -> None:
+    with open(os.path.join(directory, STATE_TENSORS), "wb") as f:
+        f.write(artifact.tensors_to_bytes(state.tensors))
+    with open(os.path.join(directory, STATE_JSON), "w") as f:
+        json.dump({**meta, "state": state.meta}, f, allow_nan=False)
+
+
+def _read_state(directory: str) -> tuple[ModelState, dict[str, Any]]:
+    with open(os.path.join(directory, STATE_JSON)) as f:
+        meta = json.load(f)
+    with open(os.path.join(directory, STATE_TENSORS), "rb") as f:
+        tensors = artifact.tensors_from_bytes(f.read(), path=os.path.join(directory, STATE_TENSORS))
+    return ModelState(tensors=tensors, meta=meta["state"]), meta
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker entry: build channels and the collective, restore, train, checkpoint per epoch."""
+    import ray
+    import ray.train
+
+    plan = json.loads(config["plan"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    s3 = storage.S3Options(**plan["s3"]) if plan["s3"] else None
+    actor = ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1])
+
+    device = "cpu"
+    if plan["use_gpu"]:
+        import ray.train.torch
+
+        device = str(ray.train.torch.get_device())
+    collective = _make_collective(plan["backend"], device)
+
+    checkpoint = ray.train.get_checkpoint()
+    state, history, start_epoch, resumed = None, [], 0, False
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state, meta = _read_state(d)
+        history, start_epoch, resumed = meta["history"], int(meta["epoch"]) + 1, True
+    elif plan["model_uri"]:
+        warm = artifact.load(plan["model_uri"], s3=s3)
+        state = ModelState(tensors=warm.tensors, meta=warm.meta.get("state", {}))
+    actor.worker_started.remote(rank, os.getpid(), ray.get_runtime_context().get_node_id(), start_epoch)
+
+    readers = {}
+    for name, spec_dict in plan["channels"].items():
+        spec = ChannelSpec(**spec_dict)
+        manifest = Manifest.from_json(plan["manifests"][name])
+        slices = assign(manifest, world, spec.distribution)[rank]
+        readers[name] = ChannelReader(name, spec, manifest, slices, s3=s3, local_root=plan["local_dir"])
+
+    last_push = [0.0]
+
+    def on_progress(epoch: int, records: int, loss: float | None) -> None:
+        now = time.monotonic()
+        if now - last_push[0] >= _PROGRESS_EVERY_S:
+            last_push[0] = now
+            actor.update.remote(rank, epoch, records, loss)
+
+    def end_epoch(epoch: int, metrics: dict[str, float], epoch_state: ModelState) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        history.append(metrics)
+        if rank == 0:
+            actor.epoch_end.remote(metrics)
+            with tempfile.TemporaryDirectory() as d:
+                _write_state(d, epoch_state, {"epoch": epoch, "history": history,
+                                              "algorithm": plan["algorithm_name"]})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            # Block until the controller has registered it, so a failure in the next epoch resumes from here.
+            ray.train.get_all_reported_checkpoints()
+        else:
+            ray.train.report(metrics)
+
+    algo_cls = resolve(plan["algorithm"])
+    algo = algo_cls(plan["hyperparameters"], readers["train"].feature_dim)
+    tctx = TrainContext(rank=rank, world_size=world, collective=collective, channels=readers,
+                        backend=plan["backend"], device=device, start_epoch=start_epoch, state=state,
+                        resumed=resumed, end_epoch=end_epoch, progress=on_progress)
+    try:
+        algo.train(tctx)
+    finally:
+        for r in readers.values():
+            r.close()
+        if plan["backend"] == "horovod":
+            from ray_backend.horovod_backend import shutdown
+
+            shutdown()
+
+
+def _make_collective(backend: str, device: str) -> Any:
+    from ray_backend.collective import TorchCollective
+
+    torch_coll = TorchCollective(device=None if device == "cpu" else device)
+    if backend == "horovod":
+        from ray_backend.horovod_backend import init_in_ray_worker
+
+        return init_in_ray_worker(torch_coll)
+    return torch_coll
+
+

@@ -1,0 +1,93 @@
+"""Predictors: load from an artifact URI without Ray, cached per process, dense and sparse batches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from ray_backend import artifact
+from ray_backend.predictor import clear_cache, load_predictor
+
+REPO = __file__.rsplit("/tests/", 1)[0]
+
+
+def linear_artifact(tmp_path, predictor_type="binary_classifier") -> tuple[str, np.ndarray, float]:
+    rng = np.random.default_rng(1)
+    w, b = rng.normal(size=6), 0.25
+    meta = {"algorithm": "linear-sgd", "feature_dim": 6,
+            "hyperparameters": {"predictor_type": predictor_type, "epochs": 1},
+            "output_columns": ["score", "predicted_label"], "state": {"epoch": 0}}
+    tensors = {"weights": w, "bias": np.array([b]), "velocity_w": np.zeros(6), "velocity_b": np.zeros(1)}
+    return artifact.save(str(tmp_path / "m" / "model"), meta, tensors), w, b
+
+
+def test_dense_and_sparse_predictions_agree_with_the_weights(tmp_path):
+    uri, w, b = linear_artifact(tmp_path)
+    p = load_predictor(uri, cache=False)
+    x = np.random.default_rng(2).normal(size=(50, 6)).astype(np.float32)
+    x[x < 0.3] = 0
+    dense, sparse = p.predict(x), p.predict(sp.csr_matrix(x))
+    expected = 1 / (1 + np.exp(-(x.astype(np.float64) @ w + b)))
+    np.testing.assert_allclose(dense["score"], expected, rtol=1e-5)
+    np.testing.assert_allclose(sparse["score"], dense["score"], rtol=1e-6)
+    assert np.array_equal(dense["predicted_label"], (expected > 0.5).astype(np.float32))
+
+
+def test_arrow_columns_predict_like_numpy(tmp_path):
+    import pyarrow as pa
+
+    from recordio.arrow import SPARK_VECTOR_TYPE
+
+    uri, _, _ = linear_artifact(tmp_path)
+    p = load_predictor(uri, cache=False)
+    x = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
+    x[1, :4] = 0
+    expected = p.predict(x)["score"]
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 6)
+    listed = pa.array([list(map(float, r)) for r in x])
+    nz = np.flatnonzero(x[1])
+    vectors = pa.array([{"type": 1, "size": None, "indices": None, "values": list(map(float, x[0]))},
+                        {"type": 0, "size": 6, "indices": nz.tolist(), "values": x[1, nz].astype(float).tolist()},
+                        *({"type": 1, "size": None, "indices": None, "values": list(map(float, r))} for r in x[2:])],
+                       type=SPARK_VECTOR_TYPE)
+    for col in (fixed, listed, pa.chunked_array([vectors[:2], vectors[2:]])):
+        np.testing.assert_allclose(p.predict(col)["score"], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="Arrow features"):
+        p.predict(pa.array(["a", "b"]))
+
+
+def test_cached_per_process(tmp_path):
+    clear_cache()
+    uri, _, _ = linear_artifact(tmp_path)
+    assert load_predictor(uri) is load_predictor(uri)
+    assert load_predictor(uri, cache=False) is not load_predictor(uri)
+
+
+def test_wrong_feature_count_is_named(tmp_path):
+    uri, _, _ = linear_artifact(tmp_path)
+    with pytest.raises(ValueError, match="expects 6"):
+        load_predictor(uri, cache=False).predict(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="2-D"):
+        load_predictor(uri, cache=False).predict(np.zeros(6))
+
+
+def test_loads_and_predicts_without_ray(tmp_path):
+    uri, w, b = linear_artifact(tmp_path, "regressor")
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        import ray_backend
+        from ray_backend.predictor import load_predictor
+        p = load_predictor({uri!r})
+        out = p.predict(np.eye(6, dtype=np.float32))
+        assert "ray" not in sys.modules, "predictor loading imported ray"
+        assert "pyspark" not in sys.modules
+        print(",".join(f"{{v:.6f}}" for v in out["score"]))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose([float(v) for v in res.stdout.strip().split(",")], w + b, rtol=1e-5)
