@@ -66,7 +66,7 @@ def _list_parts(col: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_arrow(batch: pa.RecordBatch | pa.Table, features: str | Sequence[str] = "features",
-                 label: str | None = None, uid: str | None = None, dtype: str = "float32") -> bytes:
+                 label: str | None = None, uid: str | None = None, dtype: str = "float32") -> bytearray:
     """Encode every row of an Arrow batch as one Record; Spark sparse vectors stay sparse (keys + shape)."""
     if isinstance(batch, pa.Table):
         batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist(
@@ -134,7 +134,7 @@ def vector_columns(col: pa.StructArray, name: str = "features", dtype="float64")
     return Columns(kind, flat, offsets, keys, sparse, dims, None, None, np.zeros(n, np.int64))
 
 
-def _encode_vectors(col: pa.StructArray, name: str, labels, uids, dtype) -> bytes:
+def _encode_vectors(col: pa.StructArray, name: str, labels, uids, dtype) -> bytearray:
     """Spark ML vectors: dense rows as dense Records, sparse rows with keys and shape=[size]."""
     cols = vector_columns(col, name, dtype)
     n = cols.num_records

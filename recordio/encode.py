@@ -1,4 +1,7 @@
-"""Vectorized Record encoders: many rows to framed RecordIO-protobuf bytes with no per-record Python loop."""
+"""Vectorized Record encoders: many rows to framed RecordIO-protobuf bytes with no per-record Python loop.
+
+Encoders return a `bytearray` (bytes-like: write it, hash it, compare it to bytes) filled in place, so the output is
+never copied a second time."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def _put_packed_varints(out, pos, vals, indptr, rows=None):
 
 def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | None = None,
                 sparse_rows: np.ndarray | None = None, n_cols=None, labels: np.ndarray | None = None,
-                uids=None, what: str = "array") -> bytes:
+                uids=None, what: str = "array") -> bytearray:
     """Encode CSR-like rows (values[indptr[i]:indptr[i+1]]) as framed Records, SageMaker's byte layout exactly.
 
     Rows in `sparse_rows` (all rows when keys are given and sparse_rows is None) also write keys and shape=[n_cols];
@@ -102,7 +105,8 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
                                   f"{MAX_PAYLOAD}-byte record limit")
     frames = 8 + ((payload + 3) & ~3)
     starts = excl_cumsum(frames)
-    out = np.zeros(int(starts[-1]), dtype=np.uint8)
+    result = bytearray(int(starts[-1]))  # zeroed: padding bytes stay 0; returned without a copy
+    out = np.frombuffer(result, dtype=np.uint8)
     words = out.view(np.uint32)
     words[starts[:-1] // 4] = MAGIC
     words[starts[:-1] // 4 + 1] = payload
@@ -159,17 +163,17 @@ def encode_rows(values: np.ndarray, indptr: np.ndarray, *, keys: np.ndarray | No
         out[p] = 0x1A
         p = varint.put(out, p + 1, ulen)
         scatter_items(out, p, np.frombuffer(b"".join(uid_bytes), dtype=np.uint8), ulen)
-    return out.tobytes()
+    return result
 
 
-def _template_dense(n_cols: int, kind: str, lkind: str | None) -> bytes:
+def _template_dense(n_cols: int, kind: str, lkind: str | None) -> bytearray:
     """Encode one zero row: every uniform dense row shares this layout, only the data bytes differ."""
     zeros = np.zeros(n_cols, dtype=DTYPE[kind])
     labels = None if lkind is None else np.zeros(1, dtype=DTYPE[lkind])
     return encode_rows(zeros, np.array([0, n_cols]), labels=labels)
 
 
-def encode_dense(array: np.ndarray, labels: np.ndarray | None = None) -> bytes:
+def encode_dense(array: np.ndarray, labels: np.ndarray | None = None) -> bytearray:
     """Encode a 2-D numpy matrix (and optional one-label-per-row vector) as dense Records, one per row."""
     array = np.asarray(array)
     if array.ndim != 2:
@@ -188,7 +192,8 @@ def encode_dense(array: np.ndarray, labels: np.ndarray | None = None) -> bytes:
         return encode_rows(vals, np.arange(n + 1, dtype=np.int64) * d, labels=labels)
     tmpl = np.frombuffer(_template_dense(d, kind, lkind), dtype=np.uint8)
     stride = tmpl.size
-    out = np.empty((n, stride), dtype=np.uint8)
+    result = bytearray(n * stride)
+    out = np.frombuffer(result, dtype=np.uint8).reshape(n, stride)
     itemsize = DTYPE[kind].itemsize
     data_at = _dense_data_offset(d, kind)
     data_end = data_at + d * itemsize
@@ -199,7 +204,7 @@ def encode_dense(array: np.ndarray, labels: np.ndarray | None = None) -> bytes:
         lsize = DTYPE[lkind].itemsize
         lat = data_at + d * itemsize + (2 + KEY_VALUES.size + 2 + 2 + 2)
         out[:, lat:lat + lsize] = to_tensor_values(labels, lkind, what="labels").view(np.uint8).reshape(n, lsize)
-    return out.tobytes()
+    return result
 
 
 def _dense_data_offset(d: int, kind: str) -> int:
@@ -213,7 +218,7 @@ def _dense_data_offset(d: int, kind: str) -> int:
     return head + (1 + varint.size_of(vbytes) if d else 0)
 
 
-def encode_sparse(matrix, labels: np.ndarray | None = None) -> bytes:
+def encode_sparse(matrix, labels: np.ndarray | None = None) -> bytearray:
     """Encode a scipy sparse matrix (rows as stored in CSR) as sparse Records: values, keys and shape=[n_cols]."""
     import scipy.sparse as sps
 
