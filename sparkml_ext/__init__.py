@@ -1,0 +1,21 @@
+"""sparkml_ext: Spark ML estimators that stage data as RecordIO-protobuf and train on Ray (imports stay light)."""
+
+from sparkml_ext.datasource import register_data_source
+from sparkml_ext.reader import read_recordio
+from sparkml_ext.staging import Channel, ChannelValidationError, channel_uri, delete_job, write_channel
+
+__all__ = ["Channel", "ChannelValidationError", "channel_uri", "delete_job", "read_recordio",
+           "register_data_source", "write_channel"]
+
+_LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml.estimator",
+         "TorchEstimator": "sparkml_ext.ml.torch_estimator"}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    """Spark ML classes load on first use, so `import sparkml_ext` stays free of pyspark."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparkml_ext' has no attribute {name!r}")

@@ -1,0 +1,272 @@
+"""RayEstimator / RayModel: the Estimator-Model pair every Ray-trained algorithm shares."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+
+from pyspark.ml import Estimator, Model
+from pyspark.ml.linalg import VectorUDT
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasProbabilityCol, HasRawPredictionCol
+from pyspark.ml.util import MLReadable, MLWritable
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, BooleanType, DoubleType, FloatType, NumericType, StructField, StructType
+
+from recordio import storage
+from sparkml_ext.ml import persistence, scoring
+from sparkml_ext.ml.params import RayTrainingParams, accessors
+
+
+def _json_dict(value) -> dict:
+    if isinstance(value, str):
+        value = json.loads(value) if value else {}
+    if not isinstance(value, dict):
+        raise TypeError(f"hyperparameters must be a dict; got {type(value).__name__}")
+    json.dumps(value)  # must survive persistence as JSON
+    return dict(value)
+
+
+class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
+    """Params of a fitted model: its input/output columns and invalid-row handling (training Params carry over)."""
+
+
+@accessors
+class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
+    """Stage a DataFrame as RecordIO-protobuf, train a `ray_backend` algorithm on Ray, return a RayModel."""
+
+    algorithm = Param(Params._dummy(), "algorithm", "ray_backend algorithm: a registered name or module:Class path",
+                      typeConverter=TypeConverters.toString)
+    hyperparameters = Param(Params._dummy(), "hyperparameters", "the algorithm's hyperparameters (JSON dict)",
+                            typeConverter=_json_dict)
+    _needs_label = True
+
+    def __init__(self, **params):
+        super().__init__()
+        self._setDefault(hyperparameters={})
+        self._set_params(params)
+
+    def _set_params(self, params: dict) -> None:
+        unknown = [k for k in params if not self.hasParam(k)]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no Param(s) {unknown}; see explainParams()")
+        self._set(**params)
+
+    def setParams(self, **params) -> RayEstimator:
+        """Set several Params by name."""
+        self._set_params(params)
+        return self
+
+    def _hyperparameters(self) -> dict:
+        """The hyperparameters sent to the algorithm (subclasses build them from their own Params)."""
+        return dict(self.getOrDefault(self.hyperparameters))
+
+    def _algorithm(self) -> str:
+        return self.getOrDefault(self.algorithm)
+
+    def _check_input(self, dataset: DataFrame) -> None:
+        """Schema checks that need no Spark job: columns exist and have usable types."""
+        fields = {f.name: f.dataType for f in dataset.schema.fields}
+        feat = self.getFeaturesCol()
+        if feat not in fields:
+            raise ValueError(f"featuresCol {feat!r} not found; columns: {sorted(fields)}")
+        if not isinstance(fields[feat], (VectorUDT, ArrayType)):
+            raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {fields[feat]}")
+        if self._needs_label:
+            label = self.getLabelCol()
+            if label not in fields:
+                raise ValueError(f"labelCol {label!r} not found; columns: {sorted(fields)}")
+            if not isinstance(fields[label], NumericType):
+                raise TypeError(f"labelCol {label!r} must be numeric; got {fields[label]}")
+        if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol() not in fields:
+            raise ValueError(f"validationIndicatorCol {self.getValidationIndicatorCol()!r} not found")
+
+    def _split(self, dataset: DataFrame) -> tuple[DataFrame, DataFrame | None]:
+        if self.isDefined(self.validationIndicatorCol):
+            flag = F.col(self.getValidationIndicatorCol()).cast("boolean")
+            return dataset.filter(~flag), dataset.filter(flag)
+        fraction = self.getValidationFraction()
+        if fraction > 0:
+            train, val = dataset.randomSplit([1 - fraction, fraction], seed=self.getSeed())
+            return train, val
+        return dataset, None
+
+    def _fit(self, dataset: DataFrame) -> RayModel:
+        from ray_backend.channels import ChannelSpec
+        from ray_backend.job import JobSpec, run_job
+        from sparkml_ext.staging import channel_uri, delete_job, write_channel
+
+        self._check_input(dataset)
+        hyperparameters = self._hyperparameters()
+        staging = self.getStagingUri() or tempfile.mkdtemp(prefix="sparkml-ext-")
+        output = self.getOutputUri() or storage.join(staging, "output")
+        job = f"{self._algorithm().split(':')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        label = self.getLabelCol() if self._needs_label else None
+        train_df, val_df = self._split(dataset)
+        try:
+            train = write_channel(train_df, channel_uri(staging, job, "train"), self.getFeaturesCol(), label,
+                                  channel="train")
+            validation = None
+            if val_df is not None:
+                validation = write_channel(val_df, channel_uri(staging, job, "validation"), self.getFeaturesCol(),
+                                           label, channel="validation")
+            with _ray_address(self.getRayAddress(), dataset.sparkSession) as address:
+                def channel(ch):
+                    return ChannelSpec(ch.uri, distribution=self.getDataDistribution(),
+                                       input_mode=self.getTrainingInputMode())
+                result = run_job(JobSpec(
+                    algorithm=self._algorithm(), output_uri=output, train=channel(train),
+                    validation=channel(validation) if validation else None, hyperparameters=hyperparameters,
+                    job_name=job, num_workers=self.getNumWorkers(), use_gpu=self.getUseGPU(),
+                    resources_per_worker=self.getResourcesPerWorker() or None, backend=self.getBackend(),
+                    max_failures=self.getMaxFailures(), address=address, progress=False))
+        finally:
+            if not self.getKeepStagingData():
+                delete_job(staging, job)
+        model = self._model_class()(result.model_uri)
+        self._copyValues(model)
+        return model
+
+    @classmethod
+    def _model_class(cls) -> type[RayModel]:
+        return RayModel
+
+    def write(self) -> persistence.ParamsWriter:
+        """Persist this estimator's Params as JSON."""
+        return persistence.ParamsWriter(self)
+
+    @classmethod
+    def read(cls) -> persistence.ParamsReader:
+        return persistence.ParamsReader(cls)
+
+
+@contextmanager
+def _ray_address(address: str, spark):
+    """Yield a Ray address for the job; 'spark' starts Ray inside this Spark application for the duration."""
+    if address != "spark":
+        yield address
+        return
+    import ray
+    from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if shutil.which("ray") is None:  # Ray's node launcher runs the `ray` script found on PATH (a venv's bin)
+        os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    ray_address, _ = setup_ray_cluster(max_worker_nodes=max(1, spark.sparkContext.defaultParallelism // 2))
+    try:
+        yield ray_address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutdown_ray_cluster()
+
+
+@accessors
+class RayModel(Model, RayModelParams, MLWritable, MLReadable):
+    """A model trained on Ray: scores in Spark tasks (mapInArrow), one cached predictor per Python worker."""
+
+    def __init__(self, artifactUri: str | None = None, **params):  # noqa: N803 (Spark naming)
+        super().__init__()
+        self.artifactUri = artifactUri
+        unknown = [k for k in params if not self.hasParam(k)]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no Param(s) {unknown}")
+        self._set(**params)
+
+    @classmethod
+    def fromArtifact(cls, uri: str, **params) -> RayModel:  # noqa: N802 (Spark naming)
+        """A model for an artifact trained elsewhere (its model.json and checksums are read now)."""
+        from ray_backend import artifact
+
+        artifact.read_meta(uri)
+        return cls(uri, **params)
+
+    def _meta(self) -> dict:
+        from ray_backend import artifact
+
+        if not self.artifactUri:
+            raise ValueError("this RayModel has no artifactUri; fit an estimator or use RayModel.fromArtifact")
+        return artifact.read_meta(self.artifactUri)
+
+    def _output_columns(self, outputs: list[str]) -> list[tuple[str, str, object]]:
+        """(column name, source, Spark type) for every column transform adds."""
+        kind = scoring.model_kind(outputs)
+        vec = VectorUDT()
+        spark_ml = {
+            scoring.CLASSIFIER: [(self.getPredictionCol(), "predicted_label", DoubleType()),
+                                 (self.getProbabilityCol(), "probability", vec),
+                                 (self.getRawPredictionCol(), "rawPrediction", vec)],
+            scoring.REGRESSOR: [(self.getPredictionCol(), "score", DoubleType())],
+            scoring.CLUSTERING: [(self.getPredictionCol(), "closest_cluster", DoubleType())],
+            scoring.PROJECTION: [],
+        }[kind]
+        sagemaker = [(name, name, vec if name == "projection" else DoubleType()) for name in outputs]
+        return [c for c in spark_ml if c[0]] + sagemaker
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        meta = self._meta()
+        columns = self._output_columns(list(meta["output_columns"]))
+        existing = set(dataset.columns)
+        clash = [name for name, _, _ in columns if name in existing]
+        if clash:
+            raise ValueError(f"output column(s) {clash} already exist in the input; rename them or set "
+                             "predictionCol/probabilityCol/rawPredictionCol")
+        feat = self.getFeaturesCol()
+        if feat not in existing:
+            raise ValueError(f"featuresCol {feat!r} not found; columns: {sorted(existing)}")
+        ftype = dataset.schema[feat].dataType
+        if not (isinstance(ftype, VectorUDT) or (isinstance(ftype, ArrayType) and
+                                                 isinstance(ftype.elementType, (DoubleType, FloatType)))):
+            raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {ftype}")
+        config = {"artifact_uri": self.artifactUri, "s3": None, "features_col": feat,
+                  "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns]}
+        if not meta["input_schema"].get("sparse") and hasattr(F, "arrow_udf"):
+            return self._transform_dense(dataset, config, columns, ftype)
+        schema = StructType(dataset.schema.fields + [StructField(n, t, True) for n, _, t in columns])
+        return dataset.mapInArrow(scoring.make_batch_scorer(config), schema)
+
+    def _transform_dense(self, dataset: DataFrame, config: dict, columns, ftype) -> DataFrame:
+        """Models trained on dense data: an Arrow UDF over vector_to_array, so only the features cross into Python
+        (Spark >= 4.1). Sparse-trained models keep the mapInArrow path, which never densifies."""
+        from pyspark.ml.functions import array_to_vector, vector_to_array
+
+        feat = config["features_col"]
+        arr = F.col(feat)
+        if isinstance(ftype, VectorUDT):  # vector_to_array refuses nulls: keep them null for handleInvalid
+            arr = F.when(arr.isNotNull(), vector_to_array(arr, "float32"))
+        out_type = StructType([StructField(scoring.VALID, BooleanType())] + [
+            StructField(f"c{i}", ArrayType(DoubleType()) if isinstance(t, VectorUDT) else DoubleType())
+            for i, (_, _, t) in enumerate(columns)])
+        tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
+        udf = F.arrow_udf(scoring.make_column_scorer(config), out_type)
+        scored = dataset.withColumn(tmp, udf(arr))
+        if config["handle_invalid"] == "skip":
+            scored = scored.filter(F.col(f"{tmp}.{scoring.VALID}"))
+        def out(i: int, spark_type):
+            col = F.col(f"{tmp}.c{i}")
+            return F.when(col.isNotNull(), array_to_vector(col)) if isinstance(spark_type, VectorUDT) else col
+
+        outs = [out(i, t).alias(n) for i, (n, _, t) in enumerate(columns)]
+        return scored.select(*dataset.columns, *outs)
+
+    def copy(self, extra=None) -> RayModel:
+        """A copy with the same artifact and, optionally, some Params changed."""
+        that = super().copy(extra)
+        that.artifactUri = self.artifactUri
+        return that
+
+    def write(self) -> persistence.ModelWriter:
+        """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""
+        return persistence.ModelWriter(self)
+
+    @classmethod
+    def read(cls) -> persistence.ModelReader:
+        return persistence.ModelReader(cls)

@@ -1,0 +1,129 @@
+"""The Params every Ray-trained estimator and model shares, with docs, type converters and defaults."""
+
+from __future__ import annotations
+
+import json
+
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol
+
+INPUT_MODES = ("File", "Pipe")
+DISTRIBUTIONS = ("ShardedByKey", "FullyReplicated")
+BACKENDS = ("torch", "horovod")
+HANDLE_INVALID = ("error", "skip", "keep")
+
+
+def _one_of(name: str, allowed: tuple[str, ...]):
+    def convert(value):
+        value = TypeConverters.toString(value)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+    return convert
+
+
+def _positive_int(name: str):
+    def convert(value):
+        value = TypeConverters.toInt(value)
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value}")
+        return value
+    return convert
+
+
+def _resources(value) -> dict:
+    """A dict of resource name to amount, or its JSON text (so it survives DefaultParamsWriter as JSON)."""
+    if isinstance(value, str):
+        value = json.loads(value) if value else {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                                              for k, v in value.items()):
+        raise TypeError(f"resourcesPerWorker must map resource names to non-negative numbers; got {value!r}")
+    return {k: float(v) for k, v in value.items()}
+
+
+def _fraction(value) -> float:
+    value = TypeConverters.toFloat(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"validationFraction must be in [0, 1); got {value}")
+    return value
+
+
+def _non_negative_int(value) -> int:
+    value = TypeConverters.toInt(value)
+    if value < -1:
+        raise ValueError(f"maxFailures must be >= 0 (or -1 for unlimited); got {value}")
+    return value
+
+
+def _ray_address(value) -> str:
+    value = TypeConverters.toString(value)
+    if value not in ("local", "auto", "spark") and not value.startswith("ray://"):
+        raise ValueError(f"rayAddress must be local, auto, spark or ray://host:port; got {value!r}")
+    return value
+
+
+class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
+    """Where and how to train: cluster, workers, staging, channel distribution and input mode, fault tolerance."""
+
+    numWorkers = Param(Params._dummy(), "numWorkers", "number of Ray Train workers (one process each)",
+                       typeConverter=_positive_int("numWorkers"))
+    useGPU = Param(Params._dummy(), "useGPU", "give each worker a GPU and use nccl (torch) or Horovod on GPU",
+                   typeConverter=TypeConverters.toBoolean)
+    resourcesPerWorker = Param(Params._dummy(), "resourcesPerWorker",
+                               "Ray resources per worker, e.g. {'CPU': 2}; empty means Ray Train's default",
+                               typeConverter=_resources)
+    backend = Param(Params._dummy(), "backend", "collective backend: torch (gloo on CPU, nccl on GPU) or horovod",
+                    typeConverter=_one_of("backend", BACKENDS))
+    rayAddress = Param(Params._dummy(), "rayAddress",
+                       "Ray cluster: local (embedded, sized to this machine), auto, ray://host:port, or spark "
+                       "(Ray started inside this Spark application for the fit)", typeConverter=_ray_address)
+    stagingUri = Param(Params._dummy(), "stagingUri",
+                       "where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); "
+                       "empty means a temporary local directory", typeConverter=TypeConverters.toString)
+    outputUri = Param(Params._dummy(), "outputUri",
+                      "where model artifacts are written; empty means <stagingUri>/output",
+                      typeConverter=TypeConverters.toString)
+    trainingInputMode = Param(Params._dummy(), "trainingInputMode",
+                              "File (each worker copies its shards locally once) or Pipe (stream every epoch)",
+                              typeConverter=_one_of("trainingInputMode", INPUT_MODES))
+    dataDistribution = Param(Params._dummy(), "dataDistribution",
+                             "ShardedByKey (each worker reads its own shards) or FullyReplicated (all read all)",
+                             typeConverter=_one_of("dataDistribution", DISTRIBUTIONS))
+    validationFraction = Param(Params._dummy(), "validationFraction",
+                               "fraction of rows held out as the validation channel (0 = none)",
+                               typeConverter=_fraction)
+    validationIndicatorCol = Param(Params._dummy(), "validationIndicatorCol",
+                                   "boolean column marking validation rows (takes precedence over the fraction)",
+                                   typeConverter=TypeConverters.toString)
+    maxFailures = Param(Params._dummy(), "maxFailures",
+                        "worker failures to recover from (restart from the last checkpoint); -1 = unlimited",
+                        typeConverter=_non_negative_int)
+    keepStagingData = Param(Params._dummy(), "keepStagingData", "keep the staged channels after fit",
+                            typeConverter=TypeConverters.toBoolean)
+    seed = Param(Params._dummy(), "seed", "random seed for the validation split", typeConverter=TypeConverters.toInt)
+    handleInvalid = Param(Params._dummy(), "handleInvalid",
+                          "rows with null or wrong-sized features at transform: error (default), skip (drop them) "
+                          "or keep (null outputs)", typeConverter=_one_of("handleInvalid", HANDLE_INVALID))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setDefault(numWorkers=1, useGPU=False, resourcesPerWorker={}, backend="torch", rayAddress="local",
+                         stagingUri="", outputUri="", trainingInputMode="File", dataDistribution="ShardedByKey",
+                         validationFraction=0.0, maxFailures=0, keepStagingData=False, seed=0,
+                         handleInvalid="error")
+
+
+def accessors(cls):
+    """Add Spark-style setX/getX methods for every Param declared on `cls` that lacks them."""
+    for name, param in list(vars(cls).items()):
+        if not isinstance(param, Param):
+            continue
+        cap = name[0].upper() + name[1:]
+        if not hasattr(cls, f"get{cap}"):
+            setattr(cls, f"get{cap}", (lambda n: lambda self: self.getOrDefault(getattr(self, n)))(name))
+        if not hasattr(cls, f"set{cap}"):
+            setattr(cls, f"set{cap}", (lambda n: lambda self, value: self._set(**{n: value}))(name))
+    return cls
+
+
+accessors(RayTrainingParams)

@@ -1,0 +1,163 @@
+"""In-cluster inference: score Arrow batches inside Spark tasks with a predictor cached per Python worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from recordio.arrow import SPARK_VECTOR_TYPE, is_spark_vector, vector_columns
+from recordio.decode import Columns, to_batch
+
+# Spark ML columns derived from an algorithm's SageMaker-style outputs.
+CLASSIFIER, REGRESSOR, CLUSTERING, PROJECTION = "classifier", "regressor", "clustering", "projection"
+
+
+def model_kind(outputs: list[str]) -> str:
+    """What Spark ML columns a model with these SageMaker-style outputs gets."""
+    if "predicted_label" in outputs:
+        return CLASSIFIER
+    if "closest_cluster" in outputs:
+        return CLUSTERING
+    if "projection" in outputs:
+        return PROJECTION
+    return REGRESSOR
+
+
+def dense_vectors(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.StructArray:
+    """Rows of a 2-D array as Spark dense vectors (null where `valid` is False)."""
+    n, width = matrix.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+    values = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1).astype(np.float64)),
+                                      type=SPARK_VECTOR_TYPE.field("values").type)
+    mask = None if valid is None else pa.array(~valid)
+    return pa.StructArray.from_arrays(
+        [pa.array(np.ones(n, np.int8)), pa.nulls(n, pa.int32()), pa.nulls(n, SPARK_VECTOR_TYPE.field("indices").type),
+         values], fields=list(SPARK_VECTOR_TYPE), mask=mask)
+
+
+def _features(col: pa.Array, name: str, feature_dim: int) -> tuple[np.ndarray, object]:
+    """(valid mask, features of the valid rows as ndarray or CSR) for a vector or float-array column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    valid = ~col.is_null().to_numpy(zero_copy_only=False)
+    present = col if valid.all() else col.filter(pa.array(valid))
+    if is_spark_vector(col.type):
+        cols = vector_columns(present, name)
+    else:
+        flat = present.flatten()
+        if flat.null_count:
+            raise ValueError(f"column {name!r} has null elements inside its feature arrays")
+        values = flat.to_numpy(zero_copy_only=False)
+        if values.dtype not in (np.float32, np.float64):
+            values = values.astype(np.float64)
+        if pa.types.is_fixed_size_list(col.type):
+            offsets = np.arange(len(present) + 1, dtype=np.int64) * col.type.list_size
+        else:
+            offsets = present.offsets.to_numpy().astype(np.int64)
+            offsets = offsets - offsets[0]
+        counts = np.diff(offsets)
+        if np.all(counts == feature_dim):
+            return valid, values.reshape(len(present), feature_dim)
+        kind = "float32_tensor" if values.dtype == np.float32 else "float64_tensor"
+        cols = Columns(kind, values, offsets, None, np.zeros(len(present), bool), counts, None, None,
+                       np.zeros(len(present), np.int64))
+    right_size = cols.dims == feature_dim
+    if not right_size.all():
+        keep = np.flatnonzero(right_size)
+        idx = np.flatnonzero(valid)
+        valid[idx[~right_size]] = False
+        cols = _take_rows(cols, keep)
+    if cols.num_records == 0:
+        return valid, np.zeros((0, feature_dim))
+    return valid, to_batch(cols).features
+
+
+def _take_rows(cols: Columns, rows: np.ndarray) -> Columns:
+    counts = np.diff(cols.indptr)[rows]
+    starts = cols.indptr[:-1][rows]
+    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    keys = None if cols.keys is None else cols.keys[idx]
+    return Columns(cols.kind, cols.values[idx], indptr, keys, cols.sparse[rows], cols.dims[rows], None, None,
+                   cols.file_offsets[rows])
+
+
+def _full(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Outputs of the valid rows placed back among all rows (zeros where invalid; masked later)."""
+    out = np.zeros((valid.size,) + values.shape[1:], dtype=np.float64)
+    out[valid] = values
+    return out
+
+
+def _list_column(matrix: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """Rows of a 2-D array as list<double> (null where invalid): array_to_vector turns it into Vectors in the JVM."""
+    n, width = matrix.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)), mask=pa.array(~valid))
+
+
+def _output(source: str, outputs: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
+    """One output column for all rows: a SageMaker output by name, or a Spark ML column derived from `score`."""
+    if source in ("probability", "rawPrediction"):
+        p = np.clip(np.asarray(outputs["score"], dtype=np.float64).reshape(-1), 1e-15, 1 - 1e-15)
+        logit = np.log(p / (1 - p))
+        pair = np.stack([1 - p, p], axis=1) if source == "probability" else np.stack([-logit, logit], axis=1)
+        return _full(pair, valid)
+    return _full(np.asarray(outputs[source], dtype=np.float64), valid)
+
+
+def _predict(predictor, cfg: dict, col: pa.Array) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(valid mask, one array per configured output column) for one batch of the features column."""
+    name, dim, mode = cfg["features_col"], predictor.feature_dim, cfg["handle_invalid"]
+    valid, matrix = _features(col, name, dim)
+    if mode == "error" and not valid.all():
+        first = int(np.flatnonzero(~valid)[0])
+        raise ValueError(f"column {name!r} has {int((~valid).sum())} rows that are null or not of size {dim} "
+                         f"(first at row {first} of a batch); set handleInvalid to 'skip' or 'keep'")
+    outputs = predictor.predict(matrix) if matrix.shape[0] else {k: np.zeros((0,)) for k in predictor.output_columns}
+    return valid, [_output(source, outputs, valid) for _, source in cfg["columns"]]
+
+
+def _load(cfg: dict):
+    from ray_backend.predictor import load_predictor
+    from recordio.storage import S3Options
+
+    return load_predictor(cfg["artifact_uri"], s3=S3Options(**cfg["s3"]) if cfg["s3"] else None)
+
+
+def make_batch_scorer(config: dict) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function: appends the output columns (vectors as Spark vector structs) to every batch."""
+    text = json.dumps(config)
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        cfg = json.loads(text)
+        predictor = _load(cfg)
+        for batch in batches:
+            valid, outputs = _predict(predictor, cfg, batch.column(batch.schema.get_field_index(cfg["features_col"])))
+            arrays = list(batch.columns) + [dense_vectors(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid)
+                                            for o in outputs]
+            out = pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + [n for n, _ in cfg["columns"]])
+            yield out.filter(pa.array(valid)) if cfg["handle_invalid"] == "skip" else out
+
+    return score
+
+
+def make_column_scorer(config: dict) -> Callable[[pa.Array], pa.Array]:
+    """Arrow UDF body: features (a float array column) -> struct of outputs plus `valid`; only the features column
+    crosses into Python, and vectors come back as list<double> for array_to_vector."""
+    text = json.dumps(config)
+
+    def score(features: pa.Array) -> pa.Array:
+        cfg = json.loads(text)
+        valid, outputs = _predict(_load(cfg), cfg, features)
+        arrays = [_list_column(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid) for o in outputs]
+        return pa.StructArray.from_arrays([pa.array(valid), *arrays],
+                                          names=[VALID, *[f"c{i}" for i in range(len(outputs))]])
+
+    return score
+
+
+VALID = "valid"

@@ -1,0 +1,339 @@
+"""Validation before staging: a schema check on the driver, then one Arrow pass of per-partition stats."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+KIND_VECTOR, KIND_ARRAY, KIND_COLUMNS = "vector", "array", "columns"
+STATS_SCHEMA = "pid int, stats string"
+
+
+class ChannelValidationError(ValueError):
+    """The DataFrame cannot be staged; `problems` lists each bad column and how many rows are bad."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("cannot stage DataFrame: " + "; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which columns hold features, label and uid, and how the features are laid out."""
+
+    kind: str
+    features: tuple[str, ...]
+    label: str | None = None
+    uid: str | None = None
+    training: bool = True
+    casts: dict = field(default_factory=dict)
+
+    @property
+    def encode_features(self) -> str | list[str]:
+        return list(self.features) if self.kind == KIND_COLUMNS else self.features[0]
+
+
+def _is_numeric(dt) -> bool:
+    from pyspark.sql import types as T
+
+    return isinstance(dt, T.NumericType)
+
+
+def inspect_schema(schema, features: str | Sequence[str], label: str | None, uid: str | None,
+                   training: bool = True) -> FeatureSpec:
+    """Check column presence and types on the driver; raise ChannelValidationError naming every bad column."""
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import types as T
+
+    problems: list[str] = []
+    cols = {f.name: f.dataType for f in schema.fields}
+    names = [features] if isinstance(features, str) else list(features)
+    if not names:
+        problems.append("no feature columns given")
+    casts: dict[str, str] = {}
+    for n in [*names, *([label] if label else []), *([uid] if uid else [])]:
+        if n not in cols:
+            problems.append(f"column {n!r} not found (available: {', '.join(sorted(cols))})")
+    kind = KIND_COLUMNS
+    if isinstance(features, str) and features in cols:
+        dt = cols[features]
+        if isinstance(dt, VectorUDT):
+            kind = KIND_VECTOR
+        elif isinstance(dt, T.ArrayType) and _is_numeric(dt.elementType) \
+                and not isinstance(dt.elementType, T.DecimalType):
+            kind = KIND_ARRAY
+            if not isinstance(dt.elementType, T.FloatType | T.DoubleType):
+                casts[features] = "array<double>"
+        elif _is_numeric(dt):
+            kind = KIND_COLUMNS
+        else:
+            problems.append(f"features column {features!r} has unsupported type {dt.simpleString()} "
+                            "(use a Vector, array<float|double> or numeric columns)")
+    if kind == KIND_COLUMNS:
+        for n in names:
+            if n in cols and not _is_numeric(cols[n]):
+                problems.append(f"feature column {n!r} has unsupported type {cols[n].simpleString()} (need numeric)")
+            elif n in cols and not isinstance(cols[n], T.FloatType | T.DoubleType):
+                casts[n] = "double"
+    if label and label in cols:
+        if _is_numeric(cols[label]) or isinstance(cols[label], T.BooleanType):
+            if not isinstance(cols[label], T.DoubleType):
+                casts[label] = "double"
+        else:
+            problems.append(f"label column {label!r} has unsupported type {cols[label].simpleString()} (need numeric)")
+    if uid and uid in cols and not isinstance(cols[uid], T.StringType):
+        if isinstance(cols[uid], T.IntegralType):
+            casts[uid] = "string"
+        else:
+            problems.append(f"uid column {uid!r} has unsupported type {cols[uid].simpleString()} "
+                            "(need string or integer)")
+    if len(set(names)) != len(names) or (label in names) or (uid and (uid in names or uid == label)):
+        problems.append("features, label and uid must be distinct columns")
+    if problems:
+        raise ChannelValidationError(problems)
+    return FeatureSpec(kind, tuple(names), label, uid, training, casts)
+
+
+def select_columns(df, spec: FeatureSpec):
+    """The projection the stats and write passes run on: only the needed columns, cast where required."""
+    from pyspark.sql import functions as F
+
+    names = [*spec.features, *([spec.label] if spec.label else []), *([spec.uid] if spec.uid else [])]
+    return df.select(*[F.col(n).cast(spec.casts[n]).alias(n) if n in spec.casts else F.col(n) for n in names])
+
+
+def _vector_dims(col: pa.StructArray) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(dimension, number of stored values, is-sparse) per row of a Spark vector struct column."""
+    nvals = pc.list_value_length(col.field("values")).cast(pa.int64())
+    sparse = pc.equal(col.field("type"), 0)
+    dims = pc.if_else(sparse, col.field("size").cast(pa.int64()), nvals)
+    return dims, nvals, sparse
+
+
+def partition_stats(batches: Iterator[pa.RecordBatch], spec: FeatureSpec, itemsize: int) -> dict:
+    """Count rows, nulls, bad labels, vector sizes and estimated encoded bytes of one partition's batches."""
+    st = {"rows": 0, "bytes": 0, "sparse_rows": 0, "null_features": [0] * len(spec.features),
+          "null_elements": 0, "null_label": 0, "nonfinite_label": 0, "null_uid": 0, "sizes": Counter()}
+    for b in batches:
+        n = b.num_rows
+        st["rows"] += n
+        est = n * (16 + (2 * itemsize + 8 if spec.label else 0))
+        if spec.kind == KIND_COLUMNS:
+            for i, name in enumerate(spec.features):
+                st["null_features"][i] += b.column(name).null_count
+            st["sizes"][len(spec.features)] += n
+            est += n * len(spec.features) * itemsize
+        else:
+            col = b.column(spec.features[0])
+            st["null_features"][0] += col.null_count
+            valid = pc.is_valid(col)
+            if spec.kind == KIND_VECTOR:
+                dims, nvals, sparse = _vector_dims(col)
+                sparse = pc.and_(sparse, valid)
+                nsparse = int(pc.sum(sparse).as_py() or 0)
+                st["sparse_rows"] += nsparse
+                nnz_sparse = int(pc.sum(pc.if_else(sparse, nvals, 0)).as_py() or 0)
+                est += 4 * nnz_sparse + 4 * nsparse
+            else:
+                dims = nvals = pc.list_value_length(col).cast(pa.int64())
+                if col.type.value_field.nullable and col.null_count < n:
+                    flat = pc.list_flatten(col)
+                    if flat.null_count:
+                        parents = pc.list_parent_indices(col)
+                        st["null_elements"] += len(pc.unique(pc.filter(parents, pc.is_null(flat))))
+            est += itemsize * int(pc.sum(pc.filter(nvals, valid)).as_py() or 0)
+            vc = pc.value_counts(pc.filter(dims, valid))
+            for item in vc.to_pylist():
+                st["sizes"][item["values"]] += item["counts"]
+        if spec.label:
+            lab = b.column(spec.label)
+            st["null_label"] += lab.null_count
+            if spec.training and lab.null_count < n:
+                st["nonfinite_label"] += int(pc.sum(pc.invert(pc.is_finite(lab.cast(pa.float64())))).as_py() or 0)
+        if spec.uid:
+            st["null_uid"] += b.column(spec.uid).null_count
+        st["bytes"] += est
+    st["sizes"] = sorted(st["sizes"].items())
+    return st
+
+
+def stats_task(spec_json: str, itemsize: int):
+    """The mapInArrow function of the stats pass: one JSON row of stats per partition."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        spec = spec_from_json(spec_json)
+        st = partition_stats(batches, spec, itemsize)
+        yield pa.RecordBatch.from_pydict({"pid": pa.array([TaskContext.get().partitionId()], pa.int32()),
+                                          "stats": [json.dumps(st)]})
+
+    return run
+
+
+def spec_to_json(spec: FeatureSpec) -> str:
+    """Plain-data form of a FeatureSpec for the executors."""
+    return json.dumps({"kind": spec.kind, "features": list(spec.features), "label": spec.label, "uid": spec.uid,
+                       "training": spec.training})
+
+
+def spec_from_json(text: str) -> FeatureSpec:
+    """Inverse of spec_to_json."""
+    d = json.loads(text)
+    return FeatureSpec(d["kind"], tuple(d["features"]), d["label"], d["uid"], d["training"])
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """Merged stats of the whole DataFrame plus its per-partition rows and estimated bytes."""
+
+    rows: int
+    feature_dim: int
+    sparse_rows: int
+    partitions: dict[int, tuple[int, int]]  # pid -> (rows, estimated bytes)
+
+
+def size_problem(sizes: Counter, column: str) -> str:
+    """The message for a features column whose rows have differing vector sizes."""
+    common = sizes.most_common(1)[0][0]
+    detail = ", ".join(f"{c} row(s) of size {d}" for d, c in sorted(sizes.items())[:10])
+    bad = sum(sizes.values()) - sizes[common]
+    return (f"features column {column!r} has vectors of differing sizes: {bad} row(s) "
+            f"differ from the most common size {common} ({detail})")
+
+
+def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict], bool]:
+    """Per-partition stats from one JVM-native aggregation (no Arrow transfer), and whether Vector sizes were checked.
+
+    Vector columns: the first rows are sampled; if they are all dense, sizes and the number of sparse rows are
+    counted natively through vector_to_array (cheap for dense rows). If the sample has sparse rows (which may be
+    very wide), sizes are left to the writing tasks instead.
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    feat = F.col(spec.features[0])
+    zero = F.lit(0).cast("long")
+    sparse_agg = zero
+    checked = True
+    row_bytes = 16 + (2 * itemsize + 8 if spec.label else 0)
+    if spec.kind == KIND_ARRAY:
+        dim = F.when(feat.isNotNull(), F.size(feat))
+    elif spec.kind == KIND_COLUMNS:
+        dim = F.lit(len(spec.features))
+    else:
+        per_row, sample_sparse = _sample_vectors(data, spec, itemsize)
+        row_bytes += per_row
+        checked = sample_sparse == 0
+        if checked:
+            dense = vector_to_array(feat)
+            dim = F.when(feat.isNotNull(), F.size(dense))
+            # A Vector hashes as its struct: a dense row hashes like {type 1, size null, indices null, values}.
+            # vector_to_array rejects nulls: CASE WHEN evaluates its branches lazily, in order.
+            as_dense = F.struct(F.lit(1).cast("tinyint"), F.lit(None).cast("int"), F.lit(None).cast("array<int>"),
+                                dense)
+            is_sparse = F.xxhash64(feat) != F.xxhash64(as_dense)
+            sparse_agg = F.sum(F.when(feat.isNull(), 0).when(is_sparse, 1).otherwise(0))
+        else:
+            dim = F.lit(None).cast("int")
+    aggs = [F.count(F.lit(1)).alias("rows")]
+    aggs += [F.sum(F.col(n).isNull().cast("long")).alias(f"null_{i}") for i, n in enumerate(spec.features)]
+    if spec.kind == KIND_ARRAY:
+        aggs.append(F.sum(F.when(F.exists(feat, lambda x: x.isNull()), 1).otherwise(0)).alias("null_elements"))
+        aggs.append(F.sum(F.when(feat.isNotNull(), F.size(feat)).otherwise(0)).alias("nvals"))
+    else:
+        aggs += [zero.alias("null_elements"), zero.alias("nvals")]
+    if spec.label:
+        lab = F.col(spec.label)
+        aggs.append(F.sum(lab.isNull().cast("long")).alias("null_label"))
+        bad = (F.isnan(lab) | (F.abs(lab) == F.lit(float("inf")))) if spec.training else F.lit(False)
+        aggs.append(F.sum(F.when(bad, 1).otherwise(0)).alias("nonfinite_label"))
+    else:
+        aggs += [zero.alias("null_label"), zero.alias("nonfinite_label")]
+    aggs.append(F.sum(F.col(spec.uid).isNull().cast("long")).alias("null_uid") if spec.uid else zero.alias("null_uid"))
+    aggs.append(sparse_agg.alias("sparse_rows"))
+    rows = data.groupBy(F.spark_partition_id().alias("pid"), dim.alias("dim")).agg(*aggs).collect()
+    out: dict[int, dict] = {}
+    for r in rows:
+        st = out.setdefault(r.pid, {"rows": 0, "bytes": 0, "sparse_rows": 0, "null_features": [0] * len(spec.features),
+                                    "null_elements": 0, "null_label": 0, "nonfinite_label": 0, "null_uid": 0,
+                                    "sizes": []})
+        st["rows"] += r.rows
+        st["bytes"] += r.rows * row_bytes + (r.nvals or 0) * itemsize
+        for i in range(len(spec.features)):
+            st["null_features"][i] += r[f"null_{i}"] or 0
+        for key in ("null_elements", "null_label", "nonfinite_label", "null_uid", "sparse_rows"):
+            st[key] += r[key] or 0
+        if r.dim is not None:
+            st["sizes"].append((r.dim, r.rows - (r.null_0 or 0)))
+        if spec.kind == KIND_COLUMNS:
+            st["bytes"] += r.rows * len(spec.features) * itemsize
+    return out, checked
+
+
+def _sample_vectors(data, spec: FeatureSpec, itemsize: int, sample: int = 1000) -> tuple[int, int]:
+    """(estimated encoded feature bytes per row, sparse rows) of the first rows; only numbers come back."""
+
+    def run(batches):
+        values = sparse_values = rows = sparse_rows = 0
+        for b in batches:
+            col = b.column(spec.features[0])
+            _, nvals, sparse = _vector_dims(col)
+            sparse = pc.and_(sparse, pc.is_valid(col))
+            values += int(pc.sum(nvals).as_py() or 0)
+            sparse_values += int(pc.sum(pc.if_else(sparse, nvals, 0)).as_py() or 0)
+            sparse_rows += int(pc.sum(sparse).as_py() or 0)
+            rows += b.num_rows
+        yield pa.RecordBatch.from_pydict({"rows": [rows], "values": [values], "sparse": [sparse_values],
+                                          "sparse_rows": [sparse_rows]})
+
+    got = data.select(spec.features[0]).limit(sample).mapInArrow(
+        run, "rows long, values long, sparse long, sparse_rows long").collect()
+    rows = sum(r.rows for r in got)
+    if not rows:
+        return 0, 0
+    per_row = int((sum(r.values for r in got) * itemsize + sum(r.sparse for r in got) * 4) / rows)
+    return per_row, sum(r.sparse_rows for r in got)
+
+
+def check_stats(per_partition: dict[int, dict], spec: FeatureSpec) -> DataStats:
+    """Merge per-partition stats and raise ChannelValidationError listing every problem found."""
+    problems: list[str] = []
+    rows = sum(s["rows"] for s in per_partition.values())
+    if rows == 0:
+        raise ChannelValidationError(["the DataFrame is empty (0 rows): nothing to stage"])
+    null_features = [sum(s["null_features"][i] for s in per_partition.values()) for i in range(len(spec.features))]
+    for name, cnt in zip(spec.features, null_features, strict=True):
+        if cnt:
+            problems.append(f"features column {name!r} has {cnt} null row(s) of {rows}")
+    null_elements = sum(s["null_elements"] for s in per_partition.values())
+    if null_elements:
+        problems.append(f"features column {spec.features[0]!r} has {null_elements} row(s) with null elements")
+    sizes: Counter = Counter()
+    for s in per_partition.values():
+        for size, cnt in s["sizes"]:
+            sizes[int(size)] += cnt
+    feature_dim = sizes.most_common(1)[0][0] if sizes else 0
+    if len(sizes) > 1:
+        problems.append(size_problem(sizes, spec.features[0]))
+    if spec.label:
+        null_label = sum(s["null_label"] for s in per_partition.values())
+        nonfinite = sum(s["nonfinite_label"] for s in per_partition.values())
+        if null_label:
+            problems.append(f"label column {spec.label!r} has {null_label} null row(s) of {rows}")
+        if nonfinite:
+            problems.append(f"label column {spec.label!r} has {nonfinite} NaN/infinite row(s) of {rows}")
+    if spec.uid:
+        null_uid = sum(s["null_uid"] for s in per_partition.values())
+        if null_uid:
+            problems.append(f"uid column {spec.uid!r} has {null_uid} null row(s) of {rows}")
+    if problems:
+        raise ChannelValidationError(problems)
+    return DataStats(rows=rows, feature_dim=feature_dim,
+                     sparse_rows=sum(s["sparse_rows"] for s in per_partition.values()),
+                     partitions={pid: (s["rows"], s["bytes"]) for pid, s in per_partition.items()})

@@ -1,0 +1,11 @@
+"""Importable torch module factories for the TorchEstimator tests (workers import them by path)."""
+
+from __future__ import annotations
+
+
+def mlp(inputs: int, hidden: int = 16):
+    """A one-hidden-layer binary classifier producing one logit."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))

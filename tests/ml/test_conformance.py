@@ -1,0 +1,89 @@
+"""Estimator conformance, in the spirit of scikit-learn's check_estimator: every estimator in the package passes
+the same checks. A new estimator joins with one entry in ESTIMATORS."""
+
+from __future__ import annotations
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.param import TypeConverters
+
+from sparkml_ext.ml.estimator import RayEstimator, RayModel
+from sparkml_ext.ml.torch_estimator import TorchEstimator
+from tests.ml.test_estimator import HP
+
+# name -> (factory taking a staging dir, Params that have no default on purpose)
+ESTIMATORS = {
+    "RayEstimator[linear-sgd]": (lambda staging: RayEstimator(algorithm="linear-sgd", hyperparameters=HP,
+                                                              stagingUri=staging), {"algorithm"}),
+    "TorchEstimator": (lambda staging: TorchEstimator(modelFactory="tests.ml.models:mlp", modelKwargs={"inputs": 30},
+                                                      loss="bce_with_logits", learningRate=0.01, epochs=5,
+                                                      batchSize=32, stagingUri=staging),
+                       {"modelFactory", "validationIndicatorCol"}),
+}
+NO_DEFAULT_ANYWHERE = {"validationIndicatorCol"}
+
+
+@pytest.fixture(scope="module", params=sorted(ESTIMATORS))
+def case(request, cancer_vectors, ray_local, tmp_path_factory):
+    """(estimator, model fitted with a param map, required-without-default Param names)."""
+    factory, required = ESTIMATORS[request.param]
+    est = factory(str(tmp_path_factory.mktemp("staging")))
+    model = est.fit(cancer_vectors, {est.predictionCol: "pred"})
+    return est, model, required | NO_DEFAULT_ANYWHERE
+
+
+def test_every_param_has_doc_converter_and_default(case):
+    est, model, required = case
+    for obj in (est, model):
+        for param in obj.params:
+            assert param.doc and len(param.doc) > 10, param.name
+            assert param.typeConverter is not TypeConverters.identity, param.name
+            if param.name not in required:
+                assert obj.hasDefault(param), f"{type(obj).__name__}.{param.name} has no default"
+
+
+def test_copy_is_independent_and_explain_lists_every_param(case):
+    est, _, _ = case
+    other = est.copy({est.numWorkers: 2})
+    assert other.getNumWorkers() == 2 and est.getNumWorkers() == 1 and other.uid == est.uid
+    text = est.explainParams()
+    assert all(p.name in text for p in est.params)
+
+
+def test_fit_with_param_map_applies_to_the_model_only(case, cancer_vectors):
+    est, model, _ = case
+    assert isinstance(model, RayModel) and model.getPredictionCol() == "pred"
+    assert est.getPredictionCol() == "prediction"
+    assert "pred" in model.transform(cancer_vectors).columns
+
+
+def test_model_in_pipeline_saves_and_loads_with_equal_predictions(case, cancer_vectors, tmp_path):
+    _, model, _ = case
+    pipeline = PipelineModel(stages=[model])
+    pipeline.save(str(tmp_path / "p"))
+    loaded = PipelineModel.load(str(tmp_path / "p"))
+    cols = ["id", "pred", "score"]
+    assert_df_equality(pipeline.transform(cancer_vectors).select(cols),
+                       loaded.transform(cancer_vectors).select(cols), ignore_row_order=True)
+
+
+def test_estimator_saves_and_loads_its_params(case, tmp_path):
+    est, _, _ = case
+    est.save(str(tmp_path / "est"))
+    loaded = type(est).load(str(tmp_path / "est"))
+    assert type(loaded) is type(est) and loaded.uid == est.uid
+
+    def params(obj):
+        return {p.name: v for p, v in obj.extractParamMap().items()}
+
+    assert params(loaded) == params(est)
+    assert Pipeline(stages=[est]).getStages()[0] is est
+
+
+def test_bad_input_fails_before_any_job(case, spark, tmp_path):
+    est, _, _ = case
+    est = est.copy({est.stagingUri: str(tmp_path / "never")})
+    with pytest.raises(ValueError, match="featuresCol 'features' not found"):
+        est.fit(spark.createDataFrame([(1.0,)], ["label"]))
+    assert not (tmp_path / "never").exists()

@@ -1,0 +1,125 @@
+"""Bad inputs are rejected before anything is written, with errors naming the column and the bad-row count."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.ml.linalg import Vectors
+
+from sparkml_ext import ChannelValidationError, write_channel
+
+pytestmark = pytest.mark.spark
+
+
+def _assert_rejected(df, tmp_path, match, **kwargs):
+    uri = tmp_path / "job" / "train"
+    with pytest.raises(ChannelValidationError, match=match):
+        write_channel(df, str(uri), **kwargs)
+    assert not uri.exists(), "nothing may be written when validation fails"
+
+
+def test_missing_columns_are_all_named(spark, tmp_path):
+    df = spark.createDataFrame([(Vectors.dense([1.0]), 1.0)], ["features", "label"])
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), "feats", "y", "id")
+    assert len(err.value.problems) == 3
+    for col in ("feats", "y", "id"):
+        assert f"column {col!r} not found" in str(err.value)
+
+
+@pytest.mark.parametrize(("ddl", "kwargs", "match"), [
+    ("features string, label double", {}, r"features column 'features' has unsupported type string"),
+    ("features array<string>, label double", {}, r"unsupported type array<string>"),
+    ("a double, b string, label double", {"featuresCol": ["a", "b"]}, r"feature column 'b' has unsupported type"),
+    ("features array<double>, label string", {}, r"label column 'label' has unsupported type string"),
+    ("features array<double>, label double, id array<int>", {"uidCol": "id"}, r"uid column 'id'"),
+])
+def test_unsupported_types(spark, tmp_path, ddl, kwargs, match):
+    df = spark.createDataFrame([], ddl)
+    _assert_rejected(df, tmp_path, match, **kwargs)
+
+
+def test_empty_dataframe(spark, tmp_path):
+    df = spark.createDataFrame([], "features array<double>, label double")
+    _assert_rejected(df, tmp_path, r"empty \(0 rows\)")
+
+
+@pytest.mark.parametrize("validation", ["fast", "full"])
+def test_null_features_counted(spark, tmp_path, validation):
+    rows = [(Vectors.dense([1.0, 2.0]) if i % 4 else None, 1.0) for i in range(20)]
+    df = spark.createDataFrame(rows, ["features", "label"]).repartition(3)
+    _assert_rejected(df, tmp_path, r"features column 'features' has 5 null row\(s\) of 20", validation=validation)
+
+
+@pytest.mark.parametrize("validation", ["fast", "full"])
+def test_null_elements_in_arrays_counted(spark, tmp_path, validation):
+    rows = [([1.0, None if i < 3 else 2.0], 0.0) for i in range(10)]
+    df = spark.createDataFrame(rows, "features array<double>, label double")
+    _assert_rejected(df, tmp_path, r"3 row\(s\) with null elements", validation=validation)
+
+
+def test_null_feature_columns_counted_per_column(spark, tmp_path):
+    rows = [(None if i == 0 else 1.0, None if i < 4 else 2, 0.0) for i in range(10)]
+    df = spark.createDataFrame(rows, "a double, b int, label double")
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), ["a", "b"])
+    assert err.value.problems == ["features column 'a' has 1 null row(s) of 10",
+                                  "features column 'b' has 4 null row(s) of 10"]
+
+
+@pytest.mark.parametrize("validation", ["fast", "full"])
+def test_vectors_of_differing_sizes(spark, tmp_path, validation):
+    """full: found before writing; fast: found by the writing tasks, and the write is rolled back."""
+    rows = [(Vectors.dense([1.0] * 3), 0.0)] * 7 + [(Vectors.sparse(5, [1], [1.0]), 0.0)] * 2 \
+        + [(Vectors.dense([1.0]), 1.0)]
+    df = spark.createDataFrame(rows, ["features", "label"]).repartition(2)
+    _assert_rejected(df, tmp_path, r"differing sizes: 3 row\(s\) differ from the most common size 3 "
+                                   r"\(1 row\(s\) of size 1, 7 row\(s\) of size 3, 2 row\(s\) of size 5\)",
+                     validation=validation)
+
+
+@pytest.mark.parametrize("validation", ["fast", "full"])
+def test_arrays_of_differing_lengths(spark, tmp_path, validation):
+    rows = [([1.0, 2.0], 0.0)] * 4 + [([1.0], 0.0)]
+    df = spark.createDataFrame(rows, "features array<float>, label double")
+    _assert_rejected(df, tmp_path, r"1 row\(s\) differ from the most common size 2", validation=validation)
+
+
+@pytest.mark.parametrize("validation", ["fast", "full"])
+def test_nan_and_infinite_labels_for_training(spark, tmp_path, validation):
+    labels = [float("nan"), float("inf"), float("-inf"), 1.0, 0.0, None]
+    df = spark.createDataFrame([(Vectors.dense([1.0]), y) for y in labels], ["features", "label"])
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), validation=validation)
+    assert err.value.problems == ["label column 'label' has 1 null row(s) of 6",
+                                  "label column 'label' has 3 NaN/infinite row(s) of 6"]
+    assert not (tmp_path / "c").exists()
+    ok = write_channel(df.where("label is not null"), str(tmp_path / "score"), training=False,
+                       validation=validation)
+    assert ok.records == 5
+
+
+def test_null_uid(spark, tmp_path):
+    df = spark.createDataFrame([(Vectors.dense([1.0]), 1.0, None), (Vectors.dense([2.0]), 1.0, "a")],
+                               ["features", "label", "uid"])
+    _assert_rejected(df, tmp_path, r"uid column 'uid' has 1 null row\(s\) of 2", uidCol="uid")
+
+
+@pytest.mark.parametrize(("validation", "found"), [("full", 3), ("fast", 3)])
+def test_all_problems_reported_together(spark, tmp_path, validation, found):
+    """Dense vectors: fast validation counts their sizes natively too, all before anything is written."""
+    rows = [(None, float("nan")), (Vectors.dense([1.0]), 1.0), (Vectors.dense([1.0, 2.0]), 1.0)]
+    df = spark.createDataFrame(rows, ["features", "label"])
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), validation=validation)
+    assert len(err.value.problems) == found
+    assert not (tmp_path / "c").exists()
+
+
+def test_bad_arguments(spark, tmp_path):
+    df = spark.createDataFrame([(Vectors.dense([1.0]), 1.0)], ["features", "label"])
+    with pytest.raises(ValueError, match="dtype"):
+        write_channel(df, str(tmp_path / "c"), dtype="int8")
+    with pytest.raises(ValueError, match="mode"):
+        write_channel(df, str(tmp_path / "c"), mode="append")
+    with pytest.raises(ValueError, match="validation"):
+        write_channel(df, str(tmp_path / "c"), validation="none")
