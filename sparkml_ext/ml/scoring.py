@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from recordio.arrow import SPARK_VECTOR_TYPE, is_spark_vector, vector_columns
-from recordio.decode import Columns, to_batch
+from recordio.arrow import SPARK_VECTOR_TYPE, is_spark_vector
 
 # Spark ML columns derived from an algorithm's SageMaker-style outputs.
 CLASSIFIER, REGRESSOR, CLUSTERING, PROJECTION = "classifier", "regressor", "clustering", "projection"
@@ -39,50 +39,26 @@ def dense_vectors(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.Str
 
 
 def _features(col: pa.Array, name: str, feature_dim: int) -> tuple[np.ndarray, object]:
-    """(valid mask, features of the valid rows as ndarray or CSR) for a vector or float-array column."""
+    """(valid mask, features of the valid rows as ndarray or CSR): rows that are null or not of size feature_dim
+    are invalid; the rest go through the predictor's own Arrow conversion."""
+    from ray_backend.predictor import arrow_features
+
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    valid = ~col.is_null().to_numpy(zero_copy_only=False)
-    present = col if valid.all() else col.filter(pa.array(valid))
     if is_spark_vector(col.type):
-        cols = vector_columns(present, name)
+        sizes = pc.if_else(pc.equal(col.field("type"), 0), col.field("size"),
+                           pc.list_value_length(col.field("values")))
     else:
-        flat = present.flatten()
-        if flat.null_count:
-            raise ValueError(f"column {name!r} has null elements inside its feature arrays")
-        values = flat.to_numpy(zero_copy_only=False)
-        if values.dtype not in (np.float32, np.float64):
-            values = values.astype(np.float64)
-        if pa.types.is_fixed_size_list(col.type):
-            offsets = np.arange(len(present) + 1, dtype=np.int64) * col.type.list_size
-        else:
-            offsets = present.offsets.to_numpy().astype(np.int64)
-            offsets = offsets - offsets[0]
-        counts = np.diff(offsets)
-        if np.all(counts == feature_dim):
-            return valid, values.reshape(len(present), feature_dim)
-        kind = "float32_tensor" if values.dtype == np.float32 else "float64_tensor"
-        cols = Columns(kind, values, offsets, None, np.zeros(len(present), bool), counts, None, None,
-                       np.zeros(len(present), np.int64))
-    right_size = cols.dims == feature_dim
-    if not right_size.all():
-        keep = np.flatnonzero(right_size)
-        idx = np.flatnonzero(valid)
-        valid[idx[~right_size]] = False
-        cols = _take_rows(cols, keep)
-    if cols.num_records == 0:
-        return valid, np.zeros((0, feature_dim))
-    return valid, to_batch(cols).features
-
-
-def _take_rows(cols: Columns, rows: np.ndarray) -> Columns:
-    counts = np.diff(cols.indptr)[rows]
-    starts = cols.indptr[:-1][rows]
-    idx = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    keys = None if cols.keys is None else cols.keys[idx]
-    return Columns(cols.kind, cols.values[idx], indptr, keys, cols.sparse[rows], cols.dims[rows], None, None,
-                   cols.file_offsets[rows])
+        sizes = pc.list_value_length(col)
+    valid = pc.fill_null(pc.equal(sizes, feature_dim), False).to_numpy(zero_copy_only=False) & \
+        ~col.is_null().to_numpy(zero_copy_only=False)
+    present = col if valid.all() else col.filter(pa.array(valid))
+    if len(present) == 0:
+        return valid, np.zeros((0, feature_dim), np.float32)
+    try:
+        return valid, arrow_features(present)
+    except ValueError as exc:
+        raise ValueError(f"column {name!r}: {exc}") from exc
 
 
 def _full(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
