@@ -34,6 +34,14 @@ def _json_dict(value) -> dict:
     return dict(value)
 
 
+def _set_known(obj: Params, params: dict) -> None:
+    """Set Params by name; an unknown name is a TypeError that lists them, as Spark's keyword_only would."""
+    unknown = [k for k in params if not obj.hasParam(k)]
+    if unknown:
+        raise TypeError(f"{type(obj).__name__} has no Param(s) {unknown}; see explainParams()")
+    obj._set(**params)
+
+
 class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
     """Params of a fitted model: its input/output columns and invalid-row handling (training Params carry over)."""
 
@@ -54,10 +62,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         self._set_params(params)
 
     def _set_params(self, params: dict) -> None:
-        unknown = [k for k in params if not self.hasParam(k)]
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no Param(s) {unknown}; see explainParams()")
-        self._set(**params)
+        _set_known(self, params)
 
     def setParams(self, **params) -> RayEstimator:
         """Set several Params by name."""
@@ -175,11 +180,8 @@ class RayModel(Model, RayModelParams, MLWritable, MLReadable):
 
     def __init__(self, artifactUri: str | None = None, **params):  # noqa: N803 (Spark naming)
         super().__init__()
-        self.artifactUri = artifactUri
-        unknown = [k for k in params if not self.hasParam(k)]
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no Param(s) {unknown}")
-        self._set(**params)
+        self.artifactUri = artifactUri  # Params.copy is a shallow copy, so copies keep it
+        _set_known(self, params)
 
     @classmethod
     def fromArtifact(cls, uri: str, **params) -> RayModel:  # noqa: N802 (Spark naming)
@@ -256,12 +258,6 @@ class RayModel(Model, RayModelParams, MLWritable, MLReadable):
 
         outs = [out(i, t).alias(n) for i, (n, _, t) in enumerate(columns)]
         return scored.select(*dataset.columns, *outs)
-
-    def copy(self, extra=None) -> RayModel:
-        """A copy with the same artifact and, optionally, some Params changed."""
-        that = super().copy(extra)
-        that.artifactUri = self.artifactUri
-        return that
 
     def write(self) -> persistence.ModelWriter:
         """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""
