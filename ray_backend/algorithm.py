@@ -14,6 +14,12 @@ import numpy as np
 BUILTIN = {
     "linear-sgd": "ray_backend.algorithms.linear:LinearSGD",
     "torch": "ray_backend.algorithms.torch_module:TorchModule",
+    # built-in SageMaker-style algorithms (issue 6) and XGBoost (issue 7)
+    "linear-learner": "ray_backend.algorithms.linear_learner:LinearLearner",
+    "kmeans": "ray_backend.algorithms.kmeans:KMeans",
+    "pca": "ray_backend.algorithms.pca:PCA",
+    "factorization-machines": "ray_backend.algorithms.factorization_machines:FactorizationMachines",
+    "xgboost": "ray_backend.algorithms.xgboost:XGBoost",
 }
 
 

@@ -14,7 +14,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" --upgrade pip setuptools wheel
 # torch first, pinned: the CPU wheel on local disk; anything wider downloads a CUDA build.
 "${pip[@]}" torch==2.13.0 -c requirements/constraints.txt
-"${pip[@]}" -c requirements/constraints.txt -e '.[dev]'
+"${pip[@]}" -c requirements/constraints.txt -e '.[dev,xgboost-ray]'
 # Horovod's backend is tested in CI: patched build from source (a few minutes, once per .venv).
 bash scripts/build-horovod.sh .venv/bin/python
 echo "$stamp_src" > .venv/.stamp

@@ -8,7 +8,16 @@ __all__ = ["Channel", "ChannelValidationError", "channel_uri", "delete_job", "re
            "register_data_source", "write_channel"]
 
 _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml.estimator",
-         "TorchEstimator": "sparkml_ext.ml.torch_estimator"}
+         "TorchEstimator": "sparkml_ext.ml.torch_estimator",
+         **{name: "sparkml_ext.ml.linear_learner" for name in (
+             "LinearLearnerBinaryClassifier", "LinearLearnerMultiClassClassifier", "LinearLearnerRegressor",
+             "LinearLearnerModel")},
+         **{name: "sparkml_ext.ml.factorization_machines" for name in (
+             "FactorizationMachinesBinaryClassifier", "FactorizationMachinesRegressor", "FactorizationMachinesModel")},
+         "KMeans": "sparkml_ext.ml.kmeans", "KMeansModel": "sparkml_ext.ml.kmeans",
+         "PCA": "sparkml_ext.ml.pca", "PCAModel": "sparkml_ext.ml.pca",
+         **{name: "sparkml_ext.ml.xgboost" for name in (
+             "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")}}
 __all__ += sorted(_LAZY)
 
 

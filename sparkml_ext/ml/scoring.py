@@ -76,8 +76,9 @@ def _list_column(matrix: np.ndarray, valid: np.ndarray) -> pa.Array:
 
 
 def _output(source: str, outputs: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
-    """One output column for all rows: a SageMaker output by name, or a Spark ML column derived from `score`."""
-    if source in ("probability", "rawPrediction"):
+    """One output column for all rows: an algorithm output by name (2-D = vectors), or for binary classifiers
+    that only give `score`, Spark ML's probability/rawPrediction derived from it."""
+    if source not in outputs and source in ("probability", "rawPrediction"):
         p = np.clip(np.asarray(outputs["score"], dtype=np.float64).reshape(-1), 1e-15, 1 - 1e-15)
         logit = np.log(p / (1 - p))
         pair = np.stack([1 - p, p], axis=1) if source == "probability" else np.stack([-logit, logit], axis=1)

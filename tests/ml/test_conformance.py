@@ -20,6 +20,9 @@ ESTIMATORS = {
                                                       loss="bce_with_logits", learningRate=0.01, epochs=5,
                                                       batchSize=32, stagingUri=staging),
                        {"modelFactory", "validationIndicatorCol"}),
+    # -- linear learner & factorization machines (issue 6) --
+    # -- k-means & pca (issue 6) --
+    # -- xgboost (issue 7) --
 }
 NO_DEFAULT_ANYWHERE = {"validationIndicatorCol"}
 
