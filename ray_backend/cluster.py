@@ -1,4 +1,5 @@
-"""Connect to Ray by address: `local` (embedded, sized to this machine, reused), `auto`, or `ray://host:port`."""
+"""Connect to Ray by address: `local` (embedded, sized to this machine, reused), `auto`, `host:port` (a cluster's GCS
+address) or `ray://host:port` (Ray Client)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,20 @@ import os
 import re
 from typing import Any
 
-_RAY_CLIENT = re.compile(r"^ray://[^:/\s]+:\d+$")
+_HOST_PORT = re.compile(r"^(ray://)?[^:/\s]+:\d+$")
+_EXPECTED = "'local', 'auto', 'host:port' or 'ray://host:port'"
 
 
 def validate_address(address: str) -> str:
     """Check an address string without touching Ray; return it normalized."""
     if not isinstance(address, str) or not address.strip():
-        raise ValueError(f"address must be 'local', 'auto' or 'ray://host:port', got {address!r}")
+        raise ValueError(f"address must be {_EXPECTED}, got {address!r}")
     address = address.strip()
-    if address in ("local", "auto") or _RAY_CLIENT.match(address):
+    if address in ("local", "auto") or _HOST_PORT.match(address):
         return address
     if address == "spark":
         raise ValueError("address='spark' is handled by sparkml_ext (it owns the SparkSession), not ray_backend")
-    raise ValueError(f"address must be 'local', 'auto' or 'ray://host:port', got {address!r}")
+    raise ValueError(f"address must be {_EXPECTED}, got {address!r}")
 
 
 def connect(address: str = "local", *, num_cpus: int | None = None, num_gpus: int | None = None,

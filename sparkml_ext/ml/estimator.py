@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +18,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BooleanType, DoubleType, FloatType, NumericType, StructField, StructType
 
 from recordio import storage
-from sparkml_ext.ml import persistence, scoring
+from sparkml_ext.ml import endpoint, persistence, scoring
+from sparkml_ext.ml.endpoint import EndpointParams
 from sparkml_ext.ml.params import RayTrainingParams, accessors
 
 
@@ -105,7 +103,6 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
 
     def _fit(self, dataset: DataFrame) -> RayModel:
         from ray_backend.channels import ChannelSpec
-        from ray_backend.job import JobSpec, run_job
         from sparkml_ext.staging import channel_uri, delete_job, write_channel
 
         self._check_input(dataset)
@@ -122,11 +119,11 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
             if val_df is not None:
                 validation = write_channel(val_df, channel_uri(staging, job, "validation"), self.getFeaturesCol(),
                                            label, channel="validation")
-            with _ray_address(self.getRayAddress(), dataset.sparkSession) as address:
+            with _ray_address(self.getRayAddress(), dataset.sparkSession, self.getNumWorkers()) as address:
                 def channel(ch):
                     return ChannelSpec(ch.uri, distribution=self.getDataDistribution(),
                                        input_mode=self.getTrainingInputMode())
-                result = run_job(JobSpec(
+                result = self._run_job(dict(
                     algorithm=self._algorithm(), output_uri=output, train=channel(train),
                     validation=channel(validation) if validation else None, hyperparameters=hyperparameters,
                     job_name=job, num_workers=self.getNumWorkers(), use_gpu=self.getUseGPU(),
@@ -138,6 +135,13 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         model = self._model_class()(result.model_uri)
         self._copyValues(model)
         return model
+
+    def _run_job(self, spec: dict):
+        """Run the training job given as `ray_backend.job.JobSpec` fields; estimators with their own engine
+        override this. Returns a `ray_backend.job.JobResult`."""
+        from ray_backend.job import JobSpec, run_job
+
+        return run_job(JobSpec(**spec))
 
     @classmethod
     def _model_class(cls) -> type[RayModel]:
@@ -153,35 +157,27 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
 
 
 @contextmanager
-def _ray_address(address: str, spark):
+def _ray_address(address: str, spark, num_workers: int):
     """Yield a Ray address for the job; 'spark' starts Ray inside this Spark application for the duration."""
     if address != "spark":
         yield address
         return
-    import ray
-    from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
+    from sparkml_ext.ml.ray_on_spark import ray_on_spark
 
-    if ray.is_initialized():
-        ray.shutdown()
-    if shutil.which("ray") is None:  # Ray's node launcher runs the `ray` script found on PATH (a venv's bin)
-        os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    ray_address, _ = setup_ray_cluster(max_worker_nodes=max(1, spark.sparkContext.defaultParallelism // 2))
-    try:
+    with ray_on_spark(spark, max_worker_nodes=min(num_workers, spark.sparkContext.defaultParallelism)) as ray_address:
         yield ray_address
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        shutdown_ray_cluster()
 
 
 @accessors
-class RayModel(Model, RayModelParams, MLWritable, MLReadable):
-    """A model trained on Ray: scores in Spark tasks (mapInArrow), one cached predictor per Python worker."""
+class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
+    """A model trained on Ray: scores in Spark tasks (mapInArrow), one cached predictor per Python worker, or
+    through a hosted endpoint when endpointName/endpointUrl is set (sparkml_ext.ml.endpoint)."""
 
     def __init__(self, artifactUri: str | None = None, **params):  # noqa: N803 (Spark naming)
         super().__init__()
         self.artifactUri = artifactUri  # Params.copy is a shallow copy, so copies keep it
         _set_known(self, params)
+        endpoint.on_construct(self)
 
     @classmethod
     def fromArtifact(cls, uri: str, **params) -> RayModel:  # noqa: N802 (Spark naming)
@@ -230,6 +226,8 @@ class RayModel(Model, RayModelParams, MLWritable, MLReadable):
             raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {ftype}")
         config = {"artifact_uri": self.artifactUri, "s3": None, "features_col": feat,
                   "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns]}
+        if self.usesEndpoint():
+            return endpoint.transform(self, dataset, config, columns)
         if not meta["input_schema"].get("sparse") and hasattr(F, "arrow_udf"):
             return self._transform_dense(dataset, config, columns, ftype)
         schema = StructType(dataset.schema.fields + [StructField(n, t, True) for n, _, t in columns])

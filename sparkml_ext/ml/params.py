@@ -56,10 +56,16 @@ def _non_negative_int(value) -> int:
 
 
 def _ray_address(value) -> str:
+    from ray_backend.cluster import validate_address
+
     value = TypeConverters.toString(value)
-    if value not in ("local", "auto", "spark") and not value.startswith("ray://"):
-        raise ValueError(f"rayAddress must be local, auto, spark or ray://host:port; got {value!r}")
-    return value
+    if value == "spark":
+        return value
+    try:
+        return validate_address(value)
+    except ValueError:
+        raise ValueError(f"rayAddress must be local, auto, spark, host:port or ray://host:port; got {value!r}") \
+            from None
 
 
 class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
@@ -75,8 +81,8 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
     backend = Param(Params._dummy(), "backend", "collective backend: torch (gloo on CPU, nccl on GPU) or horovod",
                     typeConverter=_one_of("backend", BACKENDS))
     rayAddress = Param(Params._dummy(), "rayAddress",
-                       "Ray cluster: local (embedded, sized to this machine), auto, ray://host:port, or spark "
-                       "(Ray started inside this Spark application for the fit)", typeConverter=_ray_address)
+                       "Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, "
+                       "or spark (Ray started inside this Spark application for the fit)", typeConverter=_ray_address)
     stagingUri = Param(Params._dummy(), "stagingUri",
                        "where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); "
                        "empty means a temporary local directory", typeConverter=TypeConverters.toString)

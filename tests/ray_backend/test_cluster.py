@@ -16,12 +16,12 @@ from ray_backend.cluster import connect, validate_address
 REPO = __file__.rsplit("/tests/", 1)[0]
 
 
-@pytest.mark.parametrize("good", ["local", "auto", "ray://10.0.0.1:10001", " local "])
+@pytest.mark.parametrize("good", ["local", "auto", "ray://10.0.0.1:10001", " local ", "10.0.0.1:6379"])
 def test_valid_addresses(good):
     assert validate_address(good) == good.strip()
 
 
-@pytest.mark.parametrize("bad", ["", "ray://host", "http://x:1", "localhost:6379", None, "spark"])
+@pytest.mark.parametrize("bad", ["", "ray://host", "http://x:1", "ray://x:1/path", None, "spark"])
 def test_bad_addresses_are_named(bad):
     with pytest.raises(ValueError, match="address"):
         validate_address(bad)
