@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -32,6 +33,12 @@ def _json_dict(value) -> dict:
     return dict(value)
 
 
+def _dataframe(value) -> DataFrame:
+    if not isinstance(value, DataFrame):
+        raise TypeError(f"validationData must be a Spark DataFrame; got {type(value).__name__}")
+    return value
+
+
 def _set_known(obj: Params, params: dict) -> None:
     """Set Params by name; an unknown name is a TypeError that lists them, as Spark's keyword_only would."""
     unknown = [k for k in params if not obj.hasParam(k)]
@@ -52,6 +59,9 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
                       typeConverter=TypeConverters.toString)
     hyperparameters = Param(Params._dummy(), "hyperparameters", "the algorithm's hyperparameters (JSON dict)",
                             typeConverter=_json_dict)
+    validationData = Param(Params._dummy(), "validationData",
+                           "a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol "
+                           "and validationFraction); not saved with the estimator", typeConverter=_dataframe)
     _needs_label = True
 
     def __init__(self, **params):
@@ -74,24 +84,31 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
     def _algorithm(self) -> str:
         return self.getOrDefault(self.algorithm)
 
-    def _check_input(self, dataset: DataFrame) -> None:
+    def _check_input(self, dataset: DataFrame, what: str = "") -> None:
         """Schema checks that need no Spark job: columns exist and have usable types."""
         fields = {f.name: f.dataType for f in dataset.schema.fields}
         feat = self.getFeaturesCol()
         if feat not in fields:
-            raise ValueError(f"featuresCol {feat!r} not found; columns: {sorted(fields)}")
+            raise ValueError(f"featuresCol {feat!r} not found{what}; columns: {sorted(fields)}")
         if not isinstance(fields[feat], (VectorUDT, ArrayType)):
-            raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {fields[feat]}")
+            raise TypeError(f"featuresCol {feat!r}{what} must be a Vector or an array of float/double; "
+                            f"got {fields[feat]}")
         if self._needs_label:
             label = self.getLabelCol()
             if label not in fields:
-                raise ValueError(f"labelCol {label!r} not found; columns: {sorted(fields)}")
+                raise ValueError(f"labelCol {label!r} not found{what}; columns: {sorted(fields)}")
             if not isinstance(fields[label], NumericType):
-                raise TypeError(f"labelCol {label!r} must be numeric; got {fields[label]}")
+                raise TypeError(f"labelCol {label!r}{what} must be numeric; got {fields[label]}")
+        if what:
+            return
         if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol() not in fields:
             raise ValueError(f"validationIndicatorCol {self.getValidationIndicatorCol()!r} not found")
+        if self.isDefined(self.validationData):
+            self._check_input(self.getOrDefault(self.validationData), " in validationData")
 
     def _split(self, dataset: DataFrame) -> tuple[DataFrame, DataFrame | None]:
+        if self.isDefined(self.validationData):
+            return dataset, self.getOrDefault(self.validationData)
         if self.isDefined(self.validationIndicatorCol):
             flag = F.col(self.getValidationIndicatorCol()).cast("boolean")
             return dataset.filter(~flag), dataset.filter(flag)
@@ -107,6 +124,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
 
         self._check_input(dataset)
         hyperparameters = self._hyperparameters()
+        s3 = storage.S3Options.from_env()  # one source of S3 settings for staging, the Ray job and cleanup
         staging = self.getStagingUri() or tempfile.mkdtemp(prefix="sparkml-ext-")
         output = self.getOutputUri() or storage.join(staging, "output")
         job = f"{self._algorithm().split(':')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -114,11 +132,11 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         train_df, val_df = self._split(dataset)
         try:
             train = write_channel(train_df, channel_uri(staging, job, "train"), self.getFeaturesCol(), label,
-                                  channel="train")
+                                  channel="train", s3=s3)
             validation = None
             if val_df is not None:
                 validation = write_channel(val_df, channel_uri(staging, job, "validation"), self.getFeaturesCol(),
-                                           label, channel="validation")
+                                           label, channel="validation", s3=s3)
             with _ray_address(self.getRayAddress(), dataset.sparkSession, self.getNumWorkers()) as address:
                 def channel(ch):
                     return ChannelSpec(ch.uri, distribution=self.getDataDistribution(),
@@ -128,10 +146,10 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
                     validation=channel(validation) if validation else None, hyperparameters=hyperparameters,
                     job_name=job, num_workers=self.getNumWorkers(), use_gpu=self.getUseGPU(),
                     resources_per_worker=self.getResourcesPerWorker() or None, backend=self.getBackend(),
-                    max_failures=self.getMaxFailures(), address=address, progress=False))
+                    max_failures=self.getMaxFailures(), address=address, s3=s3, progress=False))
         finally:
             if not self.getKeepStagingData():
-                delete_job(staging, job)
+                delete_job(staging, job, s3=s3)
         model = self._model_class()(result.model_uri)
         self._copyValues(model)
         return model
@@ -224,7 +242,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         if not (isinstance(ftype, VectorUDT) or (isinstance(ftype, ArrayType) and
                                                  isinstance(ftype.elementType, (DoubleType, FloatType)))):
             raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {ftype}")
-        config = {"artifact_uri": self.artifactUri, "s3": None, "features_col": feat,
+        s3 = dataclasses.asdict(storage.S3Options.from_env()) if persistence.is_object_store(self.artifactUri) else None
+        config = {"artifact_uri": self.artifactUri, "s3": s3, "features_col": feat,
                   "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns]}
         if self.usesEndpoint():
             return endpoint.transform(self, dataset, config, columns)

@@ -1,14 +1,25 @@
-"""MLWritable/MLReadable for Ray estimators and models: JSON metadata, plus the artifact copied under the path."""
+"""MLWritable/MLReadable for Ray estimators and models: JSON metadata, plus the artifact copied under the path.
+
+Metadata has Spark's layout (`<path>/metadata/part-00000`, one JSON line), so DefaultParamsReader reads it. Paths
+on S3 (`s3://`, `s3a://`) are written and read through pyarrow with `S3Options.from_env()`, so saving a model to an
+S3-compatible store needs no Hadoop S3 connector; other paths go through Spark's Hadoop filesystem as usual."""
 
 from __future__ import annotations
 
 import importlib
+from urllib.parse import urlparse
 
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 
 from recordio import storage
 
 ARTIFACT_DIR = "artifact"
+_METADATA_FILE = "metadata/part-00000"
+
+
+def is_object_store(path: str) -> bool:
+    """True for the URIs this package writes with pyarrow rather than Spark's Hadoop filesystem."""
+    return urlparse(path).scheme in ("s3", "s3a")
 
 
 class ParamsWriter(MLWriter):
@@ -18,8 +29,51 @@ class ParamsWriter(MLWriter):
         super().__init__()
         self.instance = instance
 
+    def _handleOverwrite(self, path: str) -> None:  # noqa: N802 (Spark API)
+        if not is_object_store(path):
+            super()._handleOverwrite(path)
+            return
+        import pyarrow.fs as pafs
+
+        fs, base = storage.resolve(path)
+        if fs.get_file_info(base).type != pafs.FileType.NotFound:
+            fs.delete_dir(base)
+
     def saveImpl(self, path: str) -> None:  # noqa: N802 (Spark API)
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession.sparkContext)
+        _save_metadata(self.instance, path, self.sparkSession)
+
+
+def _save_metadata(instance, path: str, spark) -> None:
+    """Spark's metadata JSON of the Params that are data (a DataFrame-valued Param, e.g. validationData, is not)."""
+    from pyspark.sql import DataFrame
+
+    params = {p.name: v for p, v in instance._paramMap.items() if not isinstance(v, DataFrame)}
+    if not is_object_store(path):
+        DefaultParamsWriter.saveMetadata(instance, path, spark, paramMap=params)
+        return
+    import pyarrow.fs as pafs
+
+    fs, base = storage.resolve(path)
+    if fs.get_file_info(f"{base}/{_METADATA_FILE}").type != pafs.FileType.NotFound:
+        raise OSError(f"path {path!r} already exists; use write().overwrite().save(path)")
+    text = DefaultParamsWriter._get_metadata_to_save(instance, spark, None, params)
+    fs.create_dir(f"{base}/metadata")
+    with fs.open_output_stream(f"{base}/{_METADATA_FILE}") as f:
+        f.write(text.encode() + b"\n")
+    with fs.open_output_stream(f"{base}/metadata/_SUCCESS"):
+        pass
+
+
+def _load_metadata(path: str, spark) -> dict:
+    if not is_object_store(path):
+        return DefaultParamsReader.loadMetadata(path, spark)
+    fs, base = storage.resolve(path)
+    try:
+        with fs.open_input_stream(f"{base}/{_METADATA_FILE}") as f:
+            text = f.read().decode()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no saved Spark ML metadata at {path!r} ({_METADATA_FILE} missing)") from exc
+    return DefaultParamsReader._parseMetaData(text.splitlines()[0])
 
 
 class ParamsReader(MLReader):
@@ -30,7 +84,7 @@ class ParamsReader(MLReader):
         self.cls = cls
 
     def load(self, path: str):
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
+        metadata = _load_metadata(path, self.sparkSession)
         instance = _class_of(metadata["class"])()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
@@ -41,7 +95,7 @@ class ModelWriter(ParamsWriter):
     """Model metadata plus a verified copy of the artifact at <path>/artifact."""
 
     def saveImpl(self, path: str) -> None:  # noqa: N802 (Spark API)
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession.sparkContext)
+        _save_metadata(self.instance, path, self.sparkSession)
         from ray_backend import artifact
 
         artifact.copy(self.instance.artifactUri, storage.join(path, ARTIFACT_DIR))

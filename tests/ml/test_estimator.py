@@ -112,3 +112,59 @@ def test_bring_your_own_torch_module_reaches_accuracy(cancer, ray_local, tmp_pat
     accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored)
     assert accuracy >= 0.95
     assert not any(p.name.startswith("torch") for p in tmp_path.iterdir() if p.is_dir() and p.name != "output")
+
+
+def test_validation_dataframe_is_staged_as_the_validation_channel(cancer_vectors, ray_local, tmp_path):
+    from ray_backend import artifact
+
+    train, val = cancer_vectors.randomSplit([0.8, 0.2], seed=1)
+    est = RayEstimator(algorithm="linear-sgd", hyperparameters={**HP, "epochs": 2}, stagingUri=str(tmp_path / "s"),
+                       validationData=val, validationFraction=0.5)
+    meta = artifact.read_meta(est.fit(train).artifactUri)
+    assert set(meta["data_manifest_sha256"]) == {"train", "validation"}
+    assert all("validation_loss" in m for m in meta["metrics_history"])
+    est.save(str(tmp_path / "est"))  # a DataFrame is data, not a Param value to persist
+    loaded = RayEstimator.load(str(tmp_path / "est"))
+    assert not loaded.isDefined(loaded.validationData) and loaded.getValidationFraction() == 0.5
+    with pytest.raises(ValueError, match="labelCol 'label' not found in validationData"):
+        est.copy({est.validationData: val.drop("label")}).fit(train)
+    with pytest.raises(TypeError, match="validationData must be a Spark DataFrame"):
+        est.setValidationData("s3://bucket/val")
+
+
+def test_fit_multiple_gives_one_model_per_param_map(cancer_vectors, ray_local, tmp_path):
+    from ray_backend import artifact
+
+    est = RayEstimator(algorithm="linear-sgd", stagingUri=str(tmp_path))
+    maps = [{est.hyperparameters: {**HP, "epochs": epochs}, est.predictionCol: f"p{epochs}"} for epochs in (1, 2)]
+    models = dict(est.fitMultiple(cancer_vectors, maps))
+    assert sorted(models) == [0, 1]
+    for i, epochs in enumerate((1, 2)):
+        assert len(artifact.read_meta(models[i].artifactUri)["metrics_history"]) == epochs
+        assert models[i].getPredictionCol() == f"p{epochs}"
+    assert len(est.fit(cancer_vectors, maps)) == 2
+
+
+def test_model_and_estimator_save_to_and_load_from_s3(fitted, cancer, s3_server, monkeypatch):
+    opts, bucket = s3_server
+    for key, value in {"SPARKML_EXT_S3_ENDPOINT": opts.endpoint_override, "SPARKML_EXT_S3_REGION": opts.region,
+                       "SPARKML_EXT_S3_SCHEME": opts.scheme, "AWS_ACCESS_KEY_ID": opts.access_key,
+                       "AWS_SECRET_ACCESS_KEY": opts.secret_key}.items():
+        monkeypatch.setenv(key, value)
+    df, _ = cancer
+    features = fitted.stages[1].transform(fitted.stages[0].transform(df))
+    model = fitted.stages[-1]
+    uri = f"s3://{bucket}/models/linear"
+    model.save(uri)
+    with pytest.raises(OSError, match="already exists"):
+        model.save(uri)
+    model.write().overwrite().save(uri)
+    loaded = RayModel.load(uri)
+    assert loaded.artifactUri == f"{uri}/artifact" and loaded.uid == model.uid
+    cols = ["id", "prediction", "probability"]
+    assert_df_equality(model.transform(features).select(cols), loaded.transform(features).select(cols),
+                       ignore_row_order=True)
+    est = RayEstimator(algorithm="linear-sgd", hyperparameters=HP, numWorkers=2)
+    est.save(f"s3://{bucket}/estimators/linear")
+    again = RayEstimator.load(f"s3://{bucket}/estimators/linear")
+    assert again.getHyperparameters() == HP and again.getNumWorkers() == 2
