@@ -24,7 +24,7 @@ ESTIMATORS = {
     # -- k-means & pca (issue 6) --
     # -- xgboost (issue 7) --
 }
-NO_DEFAULT_ANYWHERE = {"validationIndicatorCol"}
+NO_DEFAULT_ANYWHERE = {"validationIndicatorCol", "validationData"}
 
 
 @pytest.fixture(scope="module", params=sorted(ESTIMATORS))
