@@ -1,6 +1,8 @@
-"""Model artifacts: `<output>/<job>/model/{model.json, weights.safetensors}`, sha256 of every file checked on load.
+"""Model artifacts: `<output>/<job>/model/{model.json, weights.safetensors | model.ubj ...}`, sha256 of every file
+checked on load.
 
-Nothing here unpickles: model.json is JSON, weights are safetensors (numpy arrays)."""
+Nothing here unpickles: model.json is JSON, weights are safetensors (numpy arrays); other named files (an xgboost
+booster as UBJSON) are raw bytes, handed to the algorithm as uint8 arrays named by their file name."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class Artifact:
-    """A loaded artifact: its metadata (model.json) and named weight arrays."""
+    """A loaded artifact: its metadata (model.json) and named weight arrays (raw files as uint8 arrays)."""
 
     uri: str
     meta: dict[str, Any]
@@ -61,18 +63,26 @@ def tensors_from_bytes(data: bytes, *, path: str) -> dict[str, np.ndarray]:
 
 
 def save(uri: str, meta: dict[str, Any], tensors: dict[str, np.ndarray], *,
-         s3: storage.S3Options | None = None) -> str:
-    """Write weights then model.json (with the weights' sha256) under `uri`; return `uri`."""
+         s3: storage.S3Options | None = None, files: dict[str, bytes] | None = None) -> str:
+    """Write weights (skipped when `tensors` is empty and `files` are given) and any extra named `files`, then
+    model.json with every file's sha256, under `uri`; return `uri`."""
     if "algorithm" not in meta:
         raise ValueError("artifact meta must name its 'algorithm'")
+    blobs = dict(files or {})
+    for name in blobs:
+        if not isinstance(name, str) or "/" in name or name in ("", ".", "..", MODEL_JSON, WEIGHTS):
+            raise ValueError(f"artifact file name {name!r} is not allowed")
+    if tensors or not blobs:
+        blobs[WEIGHTS] = tensors_to_bytes(tensors)
     fs, base = storage.resolve(uri, s3)
     fs.create_dir(base, recursive=True)
-    weights = tensors_to_bytes(tensors)
     body = dict(meta)
     body["format"], body["format_version"] = FORMAT, FORMAT_VERSION
-    body["files"] = {WEIGHTS: {"sha256": hashlib.sha256(weights).hexdigest(), "bytes": len(weights)}}
-    with fs.open_output_stream(f"{base}/{WEIGHTS}") as f:
-        f.write(weights)
+    body["files"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                     for name, data in blobs.items()}
+    for name, data in blobs.items():
+        with fs.open_output_stream(f"{base}/{name}") as f:
+            f.write(data)
     text = json.dumps(body, indent=1, sort_keys=True, allow_nan=False, default=_json_default)
     with fs.open_output_stream(f"{base}/{MODEL_JSON}") as f:
         f.write(text.encode())
@@ -132,7 +142,8 @@ def load(uri: str, *, s3: storage.S3Options | None = None) -> Artifact:
                                 f"model.json says {info.get('sha256')}, {info.get('bytes')} bytes): "
                                 "tampered or truncated")
         blobs[name] = data
-    tensors = tensors_from_bytes(blobs[WEIGHTS], path=storage.join(uri, WEIGHTS)) if WEIGHTS in blobs else {}
+    tensors = tensors_from_bytes(blobs.pop(WEIGHTS), path=storage.join(uri, WEIGHTS)) if WEIGHTS in blobs else {}
+    tensors.update({name: np.frombuffer(data, dtype=np.uint8) for name, data in blobs.items()})
     return Artifact(uri=uri, meta=meta, tensors=tensors)
 
 

@@ -69,6 +69,17 @@ def ray_local(ray_cluster):
 
 
 @pytest.fixture(scope="session")
+def recordio_format(spark) -> str:
+    """The "recordio-protobuf" Spark data source, registered; skips where Spark (< 4.0) lacks the Python Data Source
+    API (read_recordio covers reading there)."""
+    from sparkml_ext import register_data_source
+
+    if not register_data_source(spark):
+        pytest.skip(f"Spark {spark.version} has no Python Data Source API (needs Spark >= 4.0)")
+    return "recordio-protobuf"
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 API server on 127.0.0.1 (random free port) with one bucket; yields (S3Options, bucket name)."""
     pytest.importorskip("moto.server")

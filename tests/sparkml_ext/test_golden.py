@@ -91,9 +91,9 @@ def test_single_golden_file_and_data_source(spark, golden_dir):
     path = str(golden_dir / "sparse_f32__20x50_intlabel.rec")
     side = json.loads((golden_dir / "sparse_f32__20x50_intlabel.json").read_text())
     direct = read_recordio(spark, path).collect()
-    register_data_source(spark)
-    via_ds = spark.read.format("recordio-protobuf").load(path).collect()
-    assert direct == via_ds and len(direct) == 20
+    assert len(direct) == 20
+    if register_data_source(spark):  # Spark >= 4.0
+        assert spark.read.format("recordio-protobuf").load(path).collect() == direct
     for row, want in zip(direct, side["expected"]["records"], strict=True):
         assert _same(row.features, _expected_vector(want["features"]))
 

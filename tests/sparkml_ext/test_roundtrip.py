@@ -145,18 +145,16 @@ def test_float64_is_lossless(spark, tmp_path):
     assert_df_equality(read_recordio(spark, str(tmp_path / "f64")).orderBy("uid"), _expected(df).orderBy("uid"))
 
 
-def test_data_source_reads_same_as_read_recordio(spark, tmp_path):
+def test_data_source_reads_same_as_read_recordio(spark, tmp_path, recordio_format):
     df = spark.createDataFrame(_rows(80, 5, seed=4, sparse_every=4), ["features", "label", "uid"]).repartition(2)
     uri = str(tmp_path / "ds")
     write_channel(df, uri, uidCol="uid")
-    assert register_data_source(spark)
     via_ds = spark.read.format("recordio-protobuf").load(uri)
     assert_df_equality(via_ds.orderBy("uid"), read_recordio(spark, uri).orderBy("uid"))
     assert via_ds.count() == 80
 
 
-def test_data_source_write(spark, tmp_path):
-    assert register_data_source(spark)
+def test_data_source_write(spark, tmp_path, recordio_format):
     df = spark.createDataFrame(_rows(60, 3, seed=5, sparse_every=5), ["features", "label", "uid"]).repartition(2)
     uri = str(tmp_path / "dsw")
     (df.write.format("recordio-protobuf").mode("overwrite").option("labelCol", "label").option("uidCol", "uid")
@@ -173,8 +171,8 @@ def test_readers_ignore_files_not_in_manifest(spark, tmp_path):
     first = sorted(uri.glob("part-*.rec"))[0]
     (uri / "part-99999-000.rec").write_bytes(first.read_bytes())  # e.g. left by a lost task attempt
     assert read_recordio(spark, str(uri)).count() == 30
-    register_data_source(spark)
-    assert spark.read.format("recordio-protobuf").load(str(uri)).count() == 30
+    if register_data_source(spark):  # Spark >= 4.0
+        assert spark.read.format("recordio-protobuf").load(str(uri)).count() == 30
 
 
 def test_mode_error_and_overwrite(spark, tmp_path):
@@ -187,8 +185,7 @@ def test_mode_error_and_overwrite(spark, tmp_path):
     assert ch.records == 5 and read_recordio(spark, uri).count() == 5
 
 
-def test_data_source_write_multi_column_features(spark, tmp_path):
-    assert register_data_source(spark)
+def test_data_source_write_multi_column_features(spark, tmp_path, recordio_format):
     rows = [(float(i), float(i % 3), float(i % 2)) for i in range(40)]
     df = spark.createDataFrame(rows, "a double, b double, y double")
     uri = str(tmp_path / "dsc")
