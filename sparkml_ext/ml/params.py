@@ -106,7 +106,8 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                         typeConverter=_non_negative_int)
     keepStagingData = Param(Params._dummy(), "keepStagingData", "keep the staged channels after fit",
                             typeConverter=TypeConverters.toBoolean)
-    seed = Param(Params._dummy(), "seed", "random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)",
+    seed = Param(Params._dummy(), "seed",
+                 "random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)",
                  typeConverter=TypeConverters.toInt)
     handleInvalid = Param(Params._dummy(), "handleInvalid",
                           "rows with null or wrong-sized features at transform: error (default), skip (drop them) "
