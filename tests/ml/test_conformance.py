@@ -8,6 +8,14 @@ from chispa import assert_df_equality
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.param import TypeConverters
 
+from sparkml_ext import (
+    PCA,
+    FactorizationMachinesBinaryClassifier,
+    KMeans,
+    LinearLearnerBinaryClassifier,
+    XGBoostClassifier,
+    XGBoostRegressor,
+)
 from sparkml_ext.ml.estimator import RayEstimator, RayModel
 from sparkml_ext.ml.torch_estimator import TorchEstimator
 from tests.ml.test_estimator import HP
@@ -21,10 +29,29 @@ ESTIMATORS = {
                                                       batchSize=32, stagingUri=staging),
                        {"modelFactory", "validationIndicatorCol"}),
     # -- linear learner & factorization machines (issue 6) --
+    "LinearLearnerBinaryClassifier": (lambda staging: LinearLearnerBinaryClassifier(
+        epochs=3, mini_batch_size=64, stagingUri=staging), set()),
+    "FactorizationMachinesBinaryClassifier": (lambda staging: FactorizationMachinesBinaryClassifier(
+        num_factors=4, epochs=2, mini_batch_size=64, bias_lr=0.01, linear_lr=0.01, factors_lr=0.01,
+        stagingUri=staging), set()),
     # -- k-means & pca (issue 6) --
+    "KMeans": (lambda staging: KMeans(k=2, mini_batch_size=100, stagingUri=staging), set()),
+    "PCA": (lambda staging: PCA(num_components=3, stagingUri=staging), set()),
     # -- xgboost (issue 7) --
+    "XGBoostClassifier[xgboost-ray]": (lambda staging: XGBoostClassifier(
+        num_round=10, max_depth=3, engine="xgboost-ray", stagingUri=staging), {"weightCol"}),
+    "XGBoostClassifier[ray-train]": (lambda staging: XGBoostClassifier(
+        num_round=10, max_depth=3, engine="ray-train", stagingUri=staging), {"weightCol"}),
+    "XGBoostRegressor": (lambda staging: XGBoostRegressor(
+        num_round=10, max_depth=3, stagingUri=staging), {"weightCol"}),
 }
 NO_DEFAULT_ANYWHERE = {"validationIndicatorCol", "validationData"}
+
+
+def _output_param(est):
+    """The Param naming an estimator's main output column: outputCol for feature transformers (PCA), else
+    predictionCol."""
+    return est.outputCol if est.hasParam("outputCol") else est.predictionCol
 
 
 @pytest.fixture(scope="module", params=sorted(ESTIMATORS))
@@ -32,7 +59,7 @@ def case(request, cancer_vectors, ray_local, tmp_path_factory):
     """(estimator, model fitted with a param map, required-without-default Param names)."""
     factory, required = ESTIMATORS[request.param]
     est = factory(str(tmp_path_factory.mktemp("staging")))
-    model = est.fit(cancer_vectors, {est.predictionCol: "pred"})
+    model = est.fit(cancer_vectors, {_output_param(est): "pred"})
     return est, model, required | NO_DEFAULT_ANYWHERE
 
 
@@ -56,8 +83,9 @@ def test_copy_is_independent_and_explain_lists_every_param(case):
 
 def test_fit_with_param_map_applies_to_the_model_only(case, cancer_vectors):
     est, model, _ = case
-    assert isinstance(model, RayModel) and model.getPredictionCol() == "pred"
-    assert est.getPredictionCol() == "prediction"
+    out = _output_param(est).name
+    assert isinstance(model, RayModel) and model.getOrDefault(out) == "pred"
+    assert est.getOrDefault(out) != "pred"
     assert "pred" in model.transform(cancer_vectors).columns
 
 

@@ -105,22 +105,22 @@ def test_bring_your_own_torch_module_with_ddp(ray_cluster, data):
     ({"train": "/nonexistent/channel"}, ChannelError, "manifest.json"),
     ({"num_workers": 0}, ValueError, "num_workers"),
     ({"backend": "mpi"}, ValueError, "backend"),
-    ({"algorithm": "kmeans"}, ValueError, "unknown algorithm"),
+    ({"algorithm": "no-such-algorithm"}, ValueError, "unknown algorithm"),
     ({"hyperparameters": {"epochs": 0}}, ValueError, "epochs"),
     ({"hyperparameters": {"learning_rat": 0.1}}, ValueError, "learning_rat"),
     ({"output_uri": "gs://bucket/x"}, ValueError, "scheme"),
-    ({"address": "localhost:6379"}, ValueError, "address"),
+    ({"address": "http://localhost:6379"}, ValueError, "address"),
     ({"model_uri": "/nonexistent/model"}, ArtifactError, "model.json"),
     ({"algorithm": "torch", "hyperparameters": {"module": "tests.ray_backend.models:nope"}}, ValueError, "nope"),
 ])
-def test_bad_input_fails_fast_and_names_the_parameter(data, change, error, match):
-    spec = JobSpec(**{"algorithm": "linear-sgd", "output_uri": str(data["root"] / "bad"), "train": data["train"],
+def test_bad_input_fails_fast_and_names_the_parameter(data, tmp_path, change, error, match):
+    spec = JobSpec(**{"algorithm": "linear-sgd", "output_uri": str(tmp_path / "bad"), "train": data["train"],
                       **change})
     t0 = time.perf_counter()
     with pytest.raises(error, match=match):
         run_job(spec)
     assert time.perf_counter() - t0 < 10
-    assert not (data["root"] / "bad").exists()  # no Ray run was started
+    assert not (tmp_path / "bad").exists()  # no Ray run was started
 
 
 def test_too_many_workers_for_a_local_cluster_is_refused(ray_cluster, data):
