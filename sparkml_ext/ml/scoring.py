@@ -94,7 +94,10 @@ def _predict(predictor, cfg: dict, col: pa.Array) -> tuple[np.ndarray, list[np.n
         first = int(np.flatnonzero(~valid)[0])
         raise ValueError(f"column {name!r} has {int((~valid).sum())} rows that are null or not of size {dim} "
                          f"(first at row {first} of a batch); set handleInvalid to 'skip' or 'keep'")
-    outputs = predictor.predict(matrix) if matrix.shape[0] else {k: np.zeros((0,)) for k in predictor.output_columns}
+    if matrix.shape[0]:
+        outputs = predictor.predict(matrix)
+    else:  # no valid row: score one zero row for the outputs' shapes (vector outputs stay 2-D), keep none of it
+        outputs = {k: v[:0] for k, v in predictor.predict(np.zeros((1, dim), np.float32)).items()}
     return valid, [_output(source, outputs, valid) for _, source in cfg["columns"]]
 
 

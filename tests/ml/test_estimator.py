@@ -95,6 +95,7 @@ def test_handle_invalid_modes(spark, fitted, cancer):
     assert [r.id for r in skipped.collect()] == [0, 3]
     kept = model.copy({model.handleInvalid: "keep"}).transform(df).orderBy("id").collect()
     assert [r.prediction is None for r in kept] == [False, True, True, False]
+    assert [r.probability is None for r in kept] == [False, True, True, False]
 
 
 def test_bring_your_own_torch_module_reaches_accuracy(cancer, ray_local, tmp_path):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pyspark.ml.feature import PCA as SparkPCA  # noqa: N811
-from pyspark.ml.linalg import Vectors
+from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql.types import IntegerType, StructField, StructType
 from scipy.linalg import subspace_angles
 from sklearn.datasets import load_digits
 
@@ -54,6 +55,14 @@ def test_projection_in_output_col_is_the_centred_spark_projection(digits, fitted
     spark_proj = np.array([r.spark_pca.toArray() for r in spark_model.transform(df).orderBy("id").collect()])
     signs = np.sign((pc * spark_model.pc.toArray()).sum(axis=0))
     np.testing.assert_allclose((spark_proj - x.mean(0) @ spark_model.pc.toArray()) * signs, proj, atol=1e-3)
+
+
+def test_a_batch_without_one_valid_row_keeps_its_rows_with_null_projections(spark, fitted):
+    schema = StructType([StructField("id", IntegerType()), StructField("features", VectorUDT())])
+    bad = spark.createDataFrame([(0, None), (1, Vectors.dense([1.0, 2.0]))], schema).coalesce(1)
+    kept = fitted.copy({fitted.handleInvalid: "keep"}).transform(bad).orderBy("id").collect()
+    assert [(r.id, r.projection) for r in kept] == [(0, None), (1, None)]
+    assert fitted.copy({fitted.handleInvalid: "skip"}).transform(bad).count() == 0
 
 
 def test_sparse_vectors_train_and_project(spark, ray_local, tmp_path):
