@@ -4,7 +4,10 @@ worker runs hvd.init() with Horovod's gloo controller."""
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -12,12 +15,14 @@ import numpy as np
 _SERVER: Any = None
 
 
+@functools.lru_cache(maxsize=1)
 def horovod_available() -> tuple[bool, str]:
-    """(True, '') when horovod.torch imports; otherwise (False, why)."""
-    try:
-        import horovod.torch  # noqa: F401
-    except Exception as exc:  # ImportError, or a build that does not match torch
-        return False, f"horovod.torch does not import ({exc}); build it with scripts/build-horovod.sh"
+    """(True, '') when horovod.torch imports; otherwise (False, why). Probed in a child process: a stock Horovod
+    loads torch's libraries into the global symbol scope, after which xgboost in the same process aborts."""
+    probe = subprocess.run([sys.executable, "-c", "import horovod.torch"], capture_output=True, text=True)
+    if probe.returncode != 0:  # ImportError, or a build that does not match torch
+        why = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        return False, f"horovod.torch does not import ({why}); build it with scripts/build-horovod.sh"
     return True, ""
 
 

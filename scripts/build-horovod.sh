@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 VERSION=0.28.1
-if "$PY" -c "import horovod.torch" 2>/dev/null; then
+if "$PY" -c "import horovod.torch, horovod.common.basics as b, inspect; assert 'RTLD_LOCAL' in inspect.getsource(b)" 2>/dev/null; then
   echo "horovod.torch already importable: $("$PY" -c 'import horovod; print(horovod.__version__)')"
   exit 0
 fi
@@ -21,6 +21,12 @@ for f in "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"; do
   grep -q 'set(CMAKE_CXX_STANDARD 14)' "$f" || { echo "unexpected $f: no CMAKE_CXX_STANDARD 14" >&2; exit 1; }
   sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' "$f"
 done
+# Horovod dlopens its extension RTLD_GLOBAL (for MPI plugins, absent here), which puts torch's libs in the global
+# symbol scope; libxgboost then binds its std::regex internals to torch's incompatible copies and aborts with
+# "free(): invalid pointer" in Booster.load_model. Load it RTLD_LOCAL (ctypes only calls the horovod_* C API).
+basics="$src/horovod/common/basics.py"
+grep -q 'ctypes.CDLL(full_path, mode=ctypes.RTLD_GLOBAL)' "$basics" || { echo "unexpected $basics" >&2; exit 1; }
+sed -i 's/ctypes.CDLL(full_path, mode=ctypes.RTLD_GLOBAL)/ctypes.CDLL(full_path, mode=ctypes.RTLD_LOCAL)/' "$basics"
 MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} CMAKE_POLICY_VERSION_MINIMUM=3.5 \
   HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
   HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \

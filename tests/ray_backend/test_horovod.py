@@ -3,6 +3,9 @@ The torch and Horovod backends must give the same model on a small problem."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -53,3 +56,21 @@ def test_bring_your_own_torch_with_horovod_distributed_optimizer(ray_cluster, tm
                           backend="horovod", hyperparameters=hp, progress=False))
     losses = [m["train_loss"] for m in res.metrics_history]
     assert losses[-1] < losses[0] / 5
+
+
+@needs_horovod
+def test_xgboost_loads_a_model_in_a_process_that_imported_horovod():
+    """A stock Horovod dlopens its extension RTLD_GLOBAL, so libxgboost binds std::regex internals to torch's
+    copies and Booster.load_model aborts ("free(): invalid pointer"); scripts/build-horovod.sh loads it locally."""
+    script = (
+        "import horovod.torch, numpy as np, xgboost as xgb\n"
+        "b = xgb.train({}, xgb.DMatrix(np.arange(20.0).reshape(10, 2), label=np.arange(10.0)), 2)\n"
+        "xgb.Booster().load_model(bytearray(b.save_raw('ubj')))\n"
+        "print('loaded')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "loaded" in run.stdout, run.stderr[-2000:]
+
+
+def test_horovod_available_does_not_import_horovod_here():
+    horovod_available()
+    assert "horovod" not in sys.modules
