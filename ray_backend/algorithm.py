@@ -54,6 +54,8 @@ class Algorithm(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     requires_label: ClassVar[bool] = True
+    # Set when the algorithm trains through its own job runner (its import path), not ray_backend.job.run_job.
+    trained_by: ClassVar[str | None] = None
 
     def __init__(self, hyperparameters: dict[str, Any], feature_dim: int):
         self.hyperparameters = self.validate(dict(hyperparameters))

@@ -110,6 +110,8 @@ def prepare(spec: JobSpec) -> dict[str, Any]:
     train = _as_channel(spec.train, "train")
     validation = _as_channel(spec.validation, "validation")
     algo_cls = resolve(spec.algorithm)
+    if algo_cls.trained_by:
+        raise ValueError(f"algorithm {spec.algorithm!r} trains with {algo_cls.trained_by}, not run_job")
     hp = algo_cls.validate(dict(spec.hyperparameters))
     manifests = {"train": load_manifest(train.uri, spec.s3)}
     if manifests["train"].records == 0:

@@ -105,6 +105,7 @@ class XGBoost(Algorithm):
 
     name = "xgboost"
     version = "1"
+    trained_by = "ray_backend.xgboost:run_xgboost_job"  # it needs xgboost's own collective
 
     @classmethod
     def validate(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +139,8 @@ class XGBoost(Algorithm):
         return int(self.hyperparameters["num_round"])
 
     def train(self, ctx: TrainContext) -> ModelState:
-        """XGBoost trains through `ray_backend.xgboost.run_xgboost_job` (it needs xgboost's own collective)."""
-        raise NotImplementedError("the xgboost algorithm trains with ray_backend.xgboost.run_xgboost_job "
-                                  "(engine xgboost-ray or ray-train), not ray_backend.job.run_job")
+        """Never called: `ray_backend.job.prepare` sends xgboost to `trained_by` before any Ray work."""
+        raise NotImplementedError(f"xgboost trains with {self.trained_by}, not ray_backend.job.run_job")
 
     def output_columns(self) -> list[str]:
         """score + predicted_label + probability + rawPrediction for classifiers; score for regressors."""

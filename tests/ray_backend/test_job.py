@@ -106,6 +106,7 @@ def test_bring_your_own_torch_module_with_ddp(ray_cluster, data):
     ({"num_workers": 0}, ValueError, "num_workers"),
     ({"backend": "mpi"}, ValueError, "backend"),
     ({"algorithm": "no-such-algorithm"}, ValueError, "unknown algorithm"),
+    ({"algorithm": "xgboost"}, ValueError, "run_xgboost_job"),
     ({"hyperparameters": {"epochs": 0}}, ValueError, "epochs"),
     ({"hyperparameters": {"learning_rat": 0.1}}, ValueError, "learning_rat"),
     ({"output_uri": "gs://bucket/x"}, ValueError, "scheme"),
