@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -105,13 +104,19 @@ def _check_spec(spec: JobSpec) -> None:
 
 
 def prepare(spec: JobSpec) -> dict[str, Any]:
-    """Validate the spec, read manifests and hyperparameters; return the JSON plan sent to workers."""
+    """Validate the spec, read manifests and hyperparameters; return the JSON plan run_job sends to workers."""
+    trained_by = resolve(spec.algorithm).trained_by
+    if trained_by:
+        raise ValueError(f"algorithm {spec.algorithm!r} trains with {trained_by}, not run_job")
+    return plan_job(spec)
+
+
+def plan_job(spec: JobSpec) -> dict[str, Any]:
+    """The plan for any algorithm, including those with their own job runner (`Algorithm.trained_by`)."""
     _check_spec(spec)
     train = _as_channel(spec.train, "train")
     validation = _as_channel(spec.validation, "validation")
     algo_cls = resolve(spec.algorithm)
-    if algo_cls.trained_by:
-        raise ValueError(f"algorithm {spec.algorithm!r} trains with {algo_cls.trained_by}, not run_job")
     hp = algo_cls.validate(dict(spec.hyperparameters))
     manifests = {"train": load_manifest(train.uri, spec.s3)}
     if manifests["train"].records == 0:
@@ -179,37 +184,12 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
                            run_config=run_config, torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"))
     for key, value in _RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the driver thread below
-            outcome["error"] = exc
-
     printer = progress_mod.Printer(plan["job_name"], enabled=spec.progress)
-    thread = threading.Thread(target=fit, name=f"fit-{plan['run_name']}", daemon=True)
-    thread.start()
-    snap: dict[str, Any] = {}
     try:
-        while thread.is_alive():
-            thread.join(0.5)
-            try:
-                snap = ray.get(actor.snapshot.remote(), timeout=10)
-            except Exception:  # progress is best-effort; the job's outcome decides
-                continue
-            printer.show(snap)
-            if on_progress is not None:
-                on_progress(snap)
-        snap = ray.get(actor.snapshot.remote(), timeout=10)
-        printer.show(snap)
-    finally:
-        printer.close()
-        ray.kill(actor)
+        result, snap = progress_mod.watch(trainer.fit, actor, printer, on_progress)
+    except Exception as exc:
+        raise JobError(f"job {plan['job_name']!r} failed: {exc}") from exc
     t_fit = time.perf_counter()
-    if "error" in outcome:
-        raise JobError(f"job {plan['job_name']!r} failed: {outcome['error']}") from outcome["error"]
-    result = outcome["result"]
     if result.error is not None:
         raise JobError(f"job {plan['job_name']!r} failed: {result.error}") from result.error
     if result.checkpoint is None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 log = logging.getLogger("ray_backend.job")
@@ -23,6 +25,7 @@ class ProgressState:
         self.records: dict[int, int] = {}
         self.epoch_started = time.time()
         self.loss: float | None = None
+        self.last_rate = 0.0  # records/s of the last finished epoch, shown until the next one has records
         self.history: list[dict[str, float]] = []
 
     def worker_started(self, rank: int, pid: int, node: str, start_epoch: int) -> None:
@@ -41,16 +44,18 @@ class ProgressState:
             self.loss = loss
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
+        if self.records:
+            self.last_rate = sum(self.records.values()) / max(time.time() - self.epoch_started, 1e-9)
         self.history.append(dict(metrics))
         self.epoch = int(metrics["epoch"]) + 1
         self.records, self.epoch_started = {}, time.time()
 
     def snapshot(self) -> dict[str, Any]:
         done = sum(self.records.values())
-        elapsed = max(time.time() - self.epoch_started, 1e-9)
+        rate = done / max(time.time() - self.epoch_started, 1e-9) if done else self.last_rate
         return {"epochs": self.epochs, "epoch": self.epoch, "attempts": self.attempts,
                 "workers": {str(k): v for k, v in self.workers.items()}, "records": done,
-                "records_per_epoch": self.records_per_epoch, "records_per_s": done / elapsed,
+                "records_per_epoch": self.records_per_epoch, "records_per_s": rate,
                 "loss": self.loss, "history": list(self.history), "elapsed_s": time.time() - self.started}
 
 
@@ -66,8 +71,10 @@ def make_actor(name: str, namespace: str, epochs: int, world_size: int, records_
 class Printer:
     """Render snapshots: a carriage-return bar on a TTY, otherwise a log line per epoch and every `every_s`."""
 
-    def __init__(self, job: str, stream: TextIO | None = None, every_s: float = 10.0, enabled: bool = True):
+    def __init__(self, job: str, stream: TextIO | None = None, every_s: float = 10.0, enabled: bool = True,
+                 log_each_epoch: bool = True, unit: str = "epoch"):
         self.job, self.stream, self.every_s, self.enabled = job, stream or sys.stderr, every_s, enabled
+        self.log_each_epoch, self.unit = log_each_epoch, unit
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last_log = 0.0
         self._epochs_logged = 0
@@ -79,16 +86,16 @@ class Printer:
         loss = "-" if snap["loss"] is None else f"{snap['loss']:.4g}"
         bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
         shown_epoch = min(snap["epoch"] + 1, snap["epochs"])
-        return (f"[{self.job}] epoch {shown_epoch}/{snap['epochs']} [{bar}] {frac:4.0%} "
+        return (f"[{self.job}] {self.unit} {shown_epoch}/{snap['epochs']} [{bar}] {frac:4.0%} "
                 f"{snap['records_per_s']:,.0f} rec/s loss {loss}")
 
     def show(self, snap: dict[str, Any]) -> None:
         """Print or log a snapshot, as appropriate."""
         if not self.enabled:
             return
-        for m in snap["history"][self._epochs_logged:]:
+        for m in snap["history"][self._epochs_logged:] if self.log_each_epoch else ():
             extra = "".join(f" {k}={v:.4g}" for k, v in m.items() if k not in ("epoch",))
-            log.info("[%s] epoch %d/%d done:%s", self.job, int(m["epoch"]) + 1, snap["epochs"], extra)
+            log.info("[%s] %s %d/%d done:%s", self.job, self.unit, int(m["epoch"]) + 1, snap["epochs"], extra)
             self._epochs_logged += 1
         if self.tty:
             self.stream.write("\r" + self.line(snap))
@@ -102,3 +109,43 @@ class Printer:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def watch(run: Callable[[], Any], actor: Any, printer: Printer,
+          on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Call `run()` on a thread while showing the actor's snapshots; return (its result, the last snapshot), or
+    raise what it raised. The actor is killed afterwards."""
+    import ray
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run()
+        except BaseException as exc:  # re-raised on the calling thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"job-{printer.job}", daemon=True)
+    thread.start()
+    snap: dict[str, Any] = {}
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            try:
+                snap = ray.get(actor.snapshot.remote(), timeout=10)
+            except Exception:  # progress is best-effort; the job's outcome decides
+                continue
+            printer.show(snap)
+            if on_progress is not None:
+                on_progress(snap)
+        try:
+            snap = ray.get(actor.snapshot.remote(), timeout=10)
+            printer.show(snap)
+        except Exception:
+            pass
+    finally:
+        printer.close()
+        ray.kill(actor)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"], snap

@@ -8,7 +8,9 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +19,7 @@ from ray_backend.algorithm import import_path
 from ray_backend.algorithms.xgboost import BOOSTER_FILE, XGBoost, booster_params
 from ray_backend.channels import ChannelSpec
 from ray_backend.errors import ChannelError, JobError
-from ray_backend.job import JobResult, JobSpec
-from ray_backend.job import prepare as prepare_job
+from ray_backend.job import JobResult, JobSpec, plan_job
 from ray_backend.sharding import SHARDED_BY_KEY
 from recordio import storage
 from recordio.manifest import Manifest
@@ -50,6 +51,8 @@ class XGBoostJobSpec:
     local_dir: str | None = None
     # xgboost TrainingCallbacks run on every worker: ("package.module:factory", kwargs) pairs, imported by path
     callbacks: tuple[tuple[str, dict[str, Any]], ...] = ()
+    model_uri: str | None = None  # channel 'model': an xgboost artifact to continue boosting from (num_round more)
+    progress: bool = True  # show rounds, records/s and the latest train metric on the driver
 
 
 @dataclass
@@ -92,7 +95,7 @@ def _positive_int(name: str, value: Any) -> None:
 
 def prepare(spec: XGBoostJobSpec) -> dict[str, Any]:
     """Check the spec, channels and hyperparameters (no Ray); return the JSON plan the workers get."""
-    plan = prepare_job(JobSpec(
+    plan = plan_job(JobSpec(
         algorithm="xgboost", output_uri=spec.output_uri, train=spec.train, validation=spec.validation,
         hyperparameters=spec.hyperparameters, job_name=spec.job_name, num_workers=spec.num_workers,
         use_gpu=spec.use_gpu, max_failures=spec.max_failures, address=spec.address, s3=spec.s3,
@@ -118,6 +121,7 @@ def prepare(spec: XGBoostJobSpec) -> dict[str, Any]:
     if feature_dim < 1:
         raise ChannelError(f"channel 'train' has {train_manifest.feature_dim} feature columns; with "
                            "weight_in_features the last is the weight, leaving none")
+    warm_rounds = _check_warm_start(spec, hp, feature_dim)
     callbacks = [[path, dict(kwargs)] for path, kwargs in spec.callbacks]
     for path, _ in callbacks:
         if not callable(import_path(path, what="callback")):
@@ -126,13 +130,39 @@ def prepare(spec: XGBoostJobSpec) -> dict[str, Any]:
                 num_workers=spec.num_workers, cpus_per_worker=spec.cpus_per_worker, max_failures=spec.max_failures,
                 elastic_training=bool(spec.elastic_training), checkpoint_frequency=spec.checkpoint_frequency,
                 params=booster_params(hp, use_gpu=spec.use_gpu), num_round=hp["num_round"],
-                early_stopping_rounds=hp.get("early_stopping_rounds", 0), callbacks=callbacks)
+                early_stopping_rounds=hp.get("early_stopping_rounds", 0), callbacks=callbacks,
+                model_uri=spec.model_uri, warm_rounds=warm_rounds, total_rounds=warm_rounds + hp["num_round"])
     json.dumps(plan)  # the plan travels as JSON
     return plan
 
 
-def run_xgboost_job(spec: XGBoostJobSpec) -> JobResult:
-    """Train XGBoost on Ray and write `<output>/<job>/model/`; bad input raises before any Ray work."""
+def _check_warm_start(spec: XGBoostJobSpec, hp: dict[str, Any], feature_dim: int) -> int:
+    """Rounds already in the 'model' channel's booster (0 without one); raise when it cannot continue this job."""
+    if spec.model_uri is None:
+        return 0
+    warm = artifact.read_meta(spec.model_uri, s3=spec.s3)
+    if warm.get("algorithm") != XGBoost.name or warm.get("feature_dim") != feature_dim:
+        raise ChannelError(f"channel 'model' at {spec.model_uri!r} holds {warm.get('algorithm')!r} with feature_dim "
+                           f"{warm.get('feature_dim')}; this job trains 'xgboost' on {feature_dim} features")
+    for name in ("objective", "num_class"):
+        if warm["hyperparameters"].get(name) != hp.get(name):
+            raise ChannelError(f"channel 'model' at {spec.model_uri!r} was trained with {name}="
+                               f"{warm['hyperparameters'].get(name)!r}; this job has {name}={hp.get(name)!r}")
+    return int(warm["state"]["kept_rounds"])
+
+
+def warm_model(plan: dict[str, Any]) -> bytearray | None:
+    """The 'model' channel's booster as UBJSON (sha256-verified from its artifact) to continue from, or None."""
+    if not plan["model_uri"]:
+        return None
+    s3 = storage.S3Options(**plan["s3"]) if plan["s3"] else None
+    return bytearray(artifact.load(plan["model_uri"], s3=s3).tensors[BOOSTER_FILE].tobytes())
+
+
+def run_xgboost_job(spec: XGBoostJobSpec,
+                    on_progress: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
+    """Train XGBoost on Ray and write `<output>/<job>/model/`; bad input raises before any Ray work. `on_progress`
+    gets the progress snapshots the driver shows (round, records/s, latest train metric, history)."""
     from ray_backend.cluster import connect
 
     t_start = time.perf_counter()
@@ -148,8 +178,18 @@ def run_xgboost_job(spec: XGBoostJobSpec) -> JobResult:
         from ray_backend.xgboost import xgboost_ray_engine as engine
     else:
         from ray_backend.xgboost import ray_train_engine as engine
+    import ray
+
+    from ray_backend import progress
+
+    namespace = ray.get_runtime_context().namespace
+    actor_name = f"sparkml-ext-progress-{plan['run_name']}"
+    actor = progress.make_actor(actor_name, namespace, plan["total_rounds"], spec.num_workers,
+                                Manifest.from_json(plan["manifests"]["train"]).records)
+    plan["progress_actor"] = [actor_name, namespace]
+    printer = progress.Printer(plan["job_name"], enabled=spec.progress, log_each_epoch=False, unit="round")
     try:
-        outcome = engine.train(plan, spec)
+        outcome, _ = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress)
     except JobError:
         raise
     except Exception as exc:
@@ -170,7 +210,8 @@ def run_xgboost_job(spec: XGBoostJobSpec) -> JobResult:
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
         "workers": spec.num_workers, "backend": plan["engine"], "engine": plan["engine"],
         "use_gpu": bool(spec.use_gpu), "job_name": plan["job_name"], "run_name": plan["run_name"],
-        "attempts": outcome.attempts, "timings": timings, "state": {**state, "starts": outcome.starts},
+        "attempts": outcome.attempts, "warm_start_from": spec.model_uri, "timings": timings,
+        "state": {**state, "starts": outcome.starts},
     }
     artifact.save(model_uri, meta, {}, s3=spec.s3, files={BOOSTER_FILE: booster})
     timings["total_s"] = time.perf_counter() - t_start
@@ -204,9 +245,47 @@ def history_from_evals(evals_log: dict[str, dict[str, list[float]]], first_round
                 for metric, values in metrics.items() if i < len(values)}} for i in range(rounds)]
 
 
-def make_callbacks(plan: dict[str, Any]) -> list[Any]:
-    """The user's xgboost TrainingCallbacks, built on the worker from their import paths."""
-    return [import_path(path, what="callback")(**kwargs) for path, kwargs in plan["callbacks"]]
+def make_callbacks(plan: dict[str, Any], rank: int | None = None) -> list[Any]:
+    """Progress reporting plus the user's xgboost TrainingCallbacks (built from their import paths); `rank` is
+    the worker's, or None to ask xgboost's collective."""
+    user = [import_path(path, what="callback")(**kwargs) for path, kwargs in plan["callbacks"]]
+    return [_progress_callback(plan, rank), *user] if plan.get("progress_actor") else user
+
+
+def _progress_callback(plan: dict[str, Any], rank: int | None) -> Any:
+    """A TrainingCallback through which rank 0 reports each round (records, first train metric) to the
+    progress actor; built lazily so it pickles to xgboost-ray actors without an actor handle."""
+    from xgboost.callback import TrainingCallback
+
+    records = Manifest.from_json(plan["manifests"]["train"]).records
+    actor_name, namespace = plan["progress_actor"]
+
+    class Progress(TrainingCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.actor: Any = None
+
+        def before_training(self, model: Any) -> Any:
+            import ray
+            import xgboost as xgb
+
+            if (xgb.collective.get_rank() if rank is None else rank) == 0:
+                self.actor = ray.get_actor(actor_name, namespace=namespace)
+                self.actor.worker_started.remote(0, os.getpid(), ray.get_runtime_context().get_node_id(),
+                                                 model.num_boosted_rounds())
+            return model
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+            if self.actor is not None:
+                last = history_from_evals(evals_log)[-1] if evals_log else {}
+                metrics = {k: v for k, v in last.items() if k != "round"}
+                loss = next((v for k, v in metrics.items() if k.startswith("train-")), None)
+                done = model.num_boosted_rounds()
+                self.actor.update.remote(0, done - 1, records, loss)
+                self.actor.epoch_end.remote({"epoch": float(done - 1), **metrics})
+            return False
+
+    return Progress()
 
 
 def evals_names(plan: dict[str, Any]) -> list[str]:

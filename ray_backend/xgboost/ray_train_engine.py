@@ -11,7 +11,14 @@ from typing import Any
 
 from xgboost.callback import TrainingCallback
 
-from ray_backend.xgboost.job import TrainOutcome, XGBoostJobSpec, evals_names, history_from_evals, make_callbacks
+from ray_backend.xgboost.job import (
+    TrainOutcome,
+    XGBoostJobSpec,
+    evals_names,
+    history_from_evals,
+    make_callbacks,
+    warm_model,
+)
 from recordio import storage
 
 STATE_JSON = "state.json"
@@ -61,25 +68,27 @@ def _worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     nthread = plan["cpus_per_worker"]
     mats = {name: data.dmatrix(plan, name, rank, world, nthread) for name in evals_names(plan)}
-    booster, state = None, {"history": [], "starts": []}
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if checkpoint is None:  # a fresh start, from the 'model' channel's booster if there is one
+        booster, state, done = warm_model(plan), {"history": [], "starts": []}, plan["warm_rounds"]
+    else:
         with checkpoint.as_directory() as d:
             booster = xgb.Booster(model_file=os.path.join(d, BOOSTER))
             with open(os.path.join(d, STATE_JSON)) as f:
                 state = json.load(f)
-    done = booster.num_boosted_rounds() if booster is not None else 0
+        done = booster.num_boosted_rounds()
     state["starts"].append(done)
     state["history"] = [m for m in state["history"] if m["round"] < done]
-    if done >= plan["num_round"]:  # the failure came after the final checkpoint
+    if done >= plan["total_rounds"]:  # the failure came after the final checkpoint
         _report(booster, state, rank, {})
         return
     kwargs: dict[str, Any] = {}
     if plan["early_stopping_rounds"]:
         kwargs["early_stopping_rounds"] = plan["early_stopping_rounds"]
-    xgb.train({**plan["params"], "nthread": nthread}, mats["train"], num_boost_round=plan["num_round"] - done,
+    xgb.train({**plan["params"], "nthread": nthread}, mats["train"], num_boost_round=plan["total_rounds"] - done,
               evals=[(m, name) for name, m in mats.items()], xgb_model=booster, verbose_eval=False,
-              callbacks=[_Checkpointer(plan["checkpoint_frequency"], state, rank), *make_callbacks(plan)], **kwargs)
+              callbacks=[_Checkpointer(plan["checkpoint_frequency"], state, rank), *make_callbacks(plan, rank)],
+              **kwargs)
 
 
 def _report(booster: Any, state: dict[str, Any], rank: int, metrics: dict[str, float]) -> None:

@@ -16,7 +16,14 @@ from xgboost_ray import train as ray_train
 from xgboost_ray.session import put_queue
 
 from ray_backend.xgboost import data
-from ray_backend.xgboost.job import TrainOutcome, XGBoostJobSpec, evals_names, history_from_evals, make_callbacks
+from ray_backend.xgboost.job import (
+    TrainOutcome,
+    XGBoostJobSpec,
+    evals_names,
+    history_from_evals,
+    make_callbacks,
+    warm_model,
+)
 
 _START = "sparkml-ext-start"
 
@@ -90,6 +97,8 @@ def train(plan: dict[str, Any], spec: XGBoostJobSpec) -> TrainOutcome:
     kwargs: dict[str, Any] = {"verbose_eval": False, "callbacks": [_Starts(), *make_callbacks(plan)]}
     if plan["early_stopping_rounds"]:
         kwargs["early_stopping_rounds"] = plan["early_stopping_rounds"]
+    if plan["model_uri"]:
+        kwargs["xgb_model"] = warm_model(plan)
     booster = ray_train(plan["params"], matrices["train"], num_boost_round=plan["num_round"],
                         evals=[(m, name) for name, m in matrices.items()], evals_result=evals_result,
                         additional_results=additional, ray_params=ray_params, **kwargs)

@@ -125,6 +125,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         self._check_input(dataset)
         hyperparameters = self._hyperparameters()
         s3 = storage.S3Options.from_env()  # one source of S3 settings for staging, the Ray job and cleanup
+        self._check_initial_model(s3)
         staging = self.getStagingUri() or tempfile.mkdtemp(prefix="sparkml-ext-")
         output = self.getOutputUri() or storage.join(staging, "output")
         job = f"{self._algorithm().split(':')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -146,13 +147,26 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
                     validation=channel(validation) if validation else None, hyperparameters=hyperparameters,
                     job_name=job, num_workers=self.getNumWorkers(), use_gpu=self.getUseGPU(),
                     resources_per_worker=self.getResourcesPerWorker() or None, backend=self.getBackend(),
-                    max_failures=self.getMaxFailures(), address=address, s3=s3, progress=False))
+                    max_failures=self.getMaxFailures(), address=address, s3=s3,
+                    model_uri=self.getInitialModelUri() or None, progress=self.getShowProgress()))
         finally:
             if not self.getKeepStagingData():
                 delete_job(staging, job, s3=s3)
         model = self._model_class()(result.model_uri)
         self._copyValues(model)
         return model
+
+    def _check_initial_model(self, s3: storage.S3Options | None) -> None:
+        """Before staging anything: initialModelUri, when set, must be an artifact of this estimator's algorithm."""
+        uri = self.getInitialModelUri()
+        if not uri:
+            return
+        from ray_backend import artifact
+
+        trained = artifact.read_meta(uri, s3=s3).get("algorithm_path")
+        if trained != self._algorithm():
+            raise ValueError(f"initialModelUri {uri!r} holds a {trained!r} model; this estimator trains "
+                             f"{self._algorithm()!r}")
 
     def _run_job(self, spec: dict):
         """Run the training job given as `ray_backend.job.JobSpec` fields; estimators with their own engine

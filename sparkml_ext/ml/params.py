@@ -106,6 +106,13 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                         typeConverter=_non_negative_int)
     keepStagingData = Param(Params._dummy(), "keepStagingData", "keep the staged channels after fit",
                             typeConverter=TypeConverters.toBoolean)
+    initialModelUri = Param(Params._dummy(), "initialModelUri",
+                            "artifact of a model to continue training from (the 'model' channel, e.g. an earlier "
+                            "model's artifactUri; same algorithm and feature size); empty means from scratch",
+                            typeConverter=TypeConverters.toString)
+    showProgress = Param(Params._dummy(), "showProgress",
+                         "show training progress on the driver (epoch or round, records/s, latest loss): a bar "
+                         "on a terminal, log lines otherwise", typeConverter=TypeConverters.toBoolean)
     seed = Param(Params._dummy(), "seed",
                  "random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)",
                  typeConverter=TypeConverters.toInt)
@@ -117,8 +124,8 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
         super().__init__(*args, **kwargs)
         self._setDefault(numWorkers=1, useGPU=False, resourcesPerWorker={}, backend="torch", rayAddress="local",
                          stagingUri="", outputUri="", trainingInputMode="File", dataDistribution="ShardedByKey",
-                         validationFraction=0.0, maxFailures=0, keepStagingData=False, seed=0,
-                         handleInvalid="error")
+                         validationFraction=0.0, maxFailures=0, keepStagingData=False, initialModelUri="",
+                         showProgress=True, seed=0, handleInvalid="error")
 
 
 def accessors(cls):

@@ -212,7 +212,7 @@ class _XGBoostEstimator(RayEstimator, _XGBoostParams):
             cpus_per_worker=max(1, int(cpus)), use_gpu=spec["use_gpu"], engine=self.getEngine(),
             max_failures=spec["max_failures"], elastic_training=self.getElasticTraining(),
             checkpoint_frequency=self.getCheckpointFrequency(), weight_in_features=self._weighted,
-            address=spec["address"], s3=spec.get("s3")))
+            address=spec["address"], s3=spec.get("s3"), model_uri=spec["model_uri"], progress=spec["progress"]))
 
 
 class _XGBoostModel(RayModel, _XGBoostParams):

@@ -133,6 +133,21 @@ def test_validation_dataframe_is_staged_as_the_validation_channel(cancer_vectors
         est.setValidationData("s3://bucket/val")
 
 
+def test_initial_model_uri_warm_starts_the_next_fit(cancer_vectors, ray_local, tmp_path):
+    from ray_backend import artifact
+
+    est = RayEstimator(algorithm="linear-sgd", hyperparameters={**HP, "epochs": 2}, stagingUri=str(tmp_path / "s"))
+    first = est.fit(cancer_vectors)
+    more = est.copy({est.initialModelUri: first.artifactUri}).fit(cancer_vectors)
+    meta, first_meta = artifact.read_meta(more.artifactUri), artifact.read_meta(first.artifactUri)
+    assert meta["warm_start_from"] == first.artifactUri and first_meta["warm_start_from"] is None
+    assert meta["metrics_history"][0]["train_loss"] < first_meta["metrics_history"][0]["train_loss"]
+    with pytest.raises(ValueError, match="holds a 'linear-sgd' model; this estimator trains 'kmeans'"):
+        RayEstimator(algorithm="kmeans", initialModelUri=first.artifactUri,
+                     stagingUri=str(tmp_path / "never")).fit(cancer_vectors)
+    assert not (tmp_path / "never").exists()
+
+
 def test_fit_multiple_gives_one_model_per_param_map(cancer_vectors, ray_local, tmp_path):
     from ray_backend import artifact
 

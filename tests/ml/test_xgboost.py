@@ -78,6 +78,15 @@ def test_pipeline_with_xgboost_stage_saves_and_loads(fitted, cancer_split, tmp_p
     assert_df_equality(pipeline.transform(test), loaded.transform(test), ignore_row_order=True)
 
 
+def test_initial_model_uri_continues_boosting(fitted, cancer_split, tmp_path):
+    engine, model = fitted
+    train, _ = cancer_split
+    more = XGBoostClassifier(numWorkers=2, engine=engine, stagingUri=str(tmp_path), initialModelUri=model.artifactUri,
+                             **{**HP, "num_round": 2}).fit(train)
+    assert more.getBooster().num_boosted_rounds() == HP["num_round"] + 2
+    assert [m["round"] for m in more.trainingSummary["metrics_history"]] == [HP["num_round"], HP["num_round"] + 1]
+
+
 @pytest.mark.parametrize("engine", ["xgboost-ray", pytest.param("ray-train", marks=pytest.mark.slow)])
 def test_multiclass_digits(spark, ray_local, tmp_path, engine):
     digits = load_digits()

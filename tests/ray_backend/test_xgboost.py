@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from xgboost.callback import TrainingCallback
 
 from ray_backend import artifact
+from ray_backend.errors import ChannelError
 from ray_backend.predictor import load_predictor
 from ray_backend.xgboost import XGBoostJobSpec, prepare, resolve_engine, run_xgboost_job
 from tests.ray_backend.helpers import split, write_channel
@@ -146,6 +147,37 @@ def test_weights_in_last_feature_column(ray_cluster, tmp_path):
     assert res.meta["feature_dim"] == x.shape[1]
     ours = load_predictor(res.model_uri, cache=False).predict(xt)["score"]
     np.testing.assert_allclose(ours, _single_process(hp, x, y, w).predict(xgb.DMatrix(xt)), atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_warm_start_continues_from_the_model_channel_and_reports_progress(ray_cluster, tmp_path, engine):
+    (x, y), (xt, _) = _holdout(*_cancer())
+    hp = {"num_round": 4, "max_depth": 3, "objective": "binary:logistic", "eval_metric": "logloss"}
+    train = write_channel(tmp_path / "train", split(x, y, 2))
+    first = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "a"), hyperparameters=hp, num_workers=2,
+                                           train=train, engine=engine))
+    with pytest.raises(ChannelError, match="objective"):
+        prepare(XGBoostJobSpec(output_uri=str(tmp_path / "b"), train=train, model_uri=first.model_uri,
+                               hyperparameters={"num_round": 3, "objective": "reg:squarederror"}))
+    snaps: list[dict] = []
+    more = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "b"), hyperparameters={**hp, "num_round": 3},
+                                          num_workers=2, train=train, engine=engine, model_uri=first.model_uri),
+                           on_progress=snaps.append)
+    assert more.meta["state"]["kept_rounds"] == 7 and more.meta["warm_start_from"] == first.model_uri
+    assert [m["round"] for m in more.metrics_history] == [4.0, 5.0, 6.0]
+    assert more.metrics_history[0]["train-logloss"] < first.metrics_history[-1]["train-logloss"]
+    boosters = {}
+    for name, res in (("first", first), ("more", more)):
+        boosters[name] = xgb.Booster()
+        boosters[name].load_model(bytearray(artifact.load(res.model_uri).tensors["model.ubj"].tobytes()))
+    dt = xgb.DMatrix(xt)
+    np.testing.assert_allclose(boosters["more"].predict(dt, iteration_range=(0, 4)), boosters["first"].predict(dt),
+                               rtol=1e-6)  # the first four trees are the warm model's
+    last = snaps[-1]
+    assert last["epochs"] == 7 and last["epoch"] == 7 and last["records_per_epoch"] == len(y)
+    assert [m["epoch"] for m in last["history"]] == [4.0, 5.0, 6.0]
+    assert last["history"][-1]["train-logloss"] == pytest.approx(more.metrics_history[-1]["train-logloss"])
+    assert last["loss"] == pytest.approx(more.metrics_history[-1]["train-logloss"]) and last["records_per_s"] > 0
 
 
 def test_bad_specs_fail_before_ray(tmp_path):
