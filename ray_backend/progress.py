@@ -20,6 +20,7 @@ class ProgressState:
         self.epochs, self.world_size, self.records_per_epoch = epochs, world_size, records_per_epoch
         self.started = time.time()
         self.attempts = 0
+        self.starts: list[int] = []  # the epoch each attempt started from (rank 0's report)
         self.workers: dict[int, dict[str, Any]] = {}
         self.epoch = 0
         self.records: dict[int, int] = {}
@@ -31,6 +32,7 @@ class ProgressState:
     def worker_started(self, rank: int, pid: int, node: str, start_epoch: int) -> None:
         if rank == 0:
             self.attempts += 1
+            self.starts.append(start_epoch)
         self.workers[rank] = {"pid": pid, "node": node, "start_epoch": start_epoch}
         self.records = {}
         self.epoch = start_epoch
@@ -53,10 +55,18 @@ class ProgressState:
     def snapshot(self) -> dict[str, Any]:
         done = sum(self.records.values())
         rate = done / max(time.time() - self.epoch_started, 1e-9) if done else self.last_rate
-        return {"epochs": self.epochs, "epoch": self.epoch, "attempts": self.attempts,
+        return {"epochs": self.epochs, "epoch": self.epoch, "attempts": self.attempts, "starts": list(self.starts),
                 "workers": {str(k): v for k, v in self.workers.items()}, "records": done,
                 "records_per_epoch": self.records_per_epoch, "records_per_s": rate,
                 "loss": self.loss, "history": list(self.history), "elapsed_s": time.time() - self.started}
+
+
+def snapshot(plan: dict[str, Any]) -> dict[str, Any]:
+    """The current snapshot of the job's progress actor (named in `plan["progress_actor"]`)."""
+    import ray
+
+    name, namespace = plan["progress_actor"]
+    return ray.get(ray.get_actor(name, namespace=namespace).snapshot.remote(), timeout=30)
 
 
 def make_actor(name: str, namespace: str, epochs: int, world_size: int, records_per_epoch: int) -> Any:

@@ -271,8 +271,8 @@ def _progress_callback(plan: dict[str, Any], rank: int | None) -> Any:
 
             if (xgb.collective.get_rank() if rank is None else rank) == 0:
                 self.actor = ray.get_actor(actor_name, namespace=namespace)
-                self.actor.worker_started.remote(0, os.getpid(), ray.get_runtime_context().get_node_id(),
-                                                 model.num_boosted_rounds())
+                ray.get(self.actor.worker_started.remote(0, os.getpid(), ray.get_runtime_context().get_node_id(),
+                                                         model.num_boosted_rounds()), timeout=60)
             return model
 
         def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:

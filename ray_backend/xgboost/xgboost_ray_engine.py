@@ -10,11 +10,10 @@ from typing import Any
 
 import scipy.sparse as sp
 import xgboost as xgb
-from xgboost.callback import TrainingCallback
 from xgboost_ray import RayDMatrix, RayParams, RayShardingMode
 from xgboost_ray import train as ray_train
-from xgboost_ray.session import put_queue
 
+from ray_backend import progress
 from ray_backend.xgboost import data
 from ray_backend.xgboost.job import (
     TrainOutcome,
@@ -24,8 +23,6 @@ from ray_backend.xgboost.job import (
     make_callbacks,
     warm_model,
 )
-
-_START = "sparkml-ext-start"
 
 
 class _RowsCSR(sp.csr_matrix):
@@ -74,15 +71,6 @@ class ChannelMatrix(RayDMatrix):
         """No feature names to set."""
 
 
-class _Starts(TrainingCallback):
-    """Tell the driver, through xgboost-ray's queue, how many rounds each (re)start begins from."""
-
-    def before_training(self, model: xgb.Booster) -> xgb.Booster:
-        if xgb.collective.get_rank() == 0:
-            put_queue((_START, model.num_boosted_rounds()))
-        return model
-
-
 def train(plan: dict[str, Any], spec: XGBoostJobSpec) -> TrainOutcome:
     """Run xgboost_ray.train; its checkpoints (every checkpoint_frequency rounds) stay in driver memory."""
     workers = plan["num_workers"]
@@ -93,17 +81,15 @@ def train(plan: dict[str, Any], spec: XGBoostJobSpec) -> TrainOutcome:
         checkpoint_frequency=plan["checkpoint_frequency"], verbose=False)
     matrices = {name: ChannelMatrix(plan, name) for name in evals_names(plan)}
     evals_result: dict[str, Any] = {}
-    additional: dict[str, Any] = {}
-    kwargs: dict[str, Any] = {"verbose_eval": False, "callbacks": [_Starts(), *make_callbacks(plan)]}
+    kwargs: dict[str, Any] = {"verbose_eval": False, "callbacks": make_callbacks(plan)}
     if plan["early_stopping_rounds"]:
         kwargs["early_stopping_rounds"] = plan["early_stopping_rounds"]
     if plan["model_uri"]:
         kwargs["xgb_model"] = warm_model(plan)
     booster = ray_train(plan["params"], matrices["train"], num_boost_round=plan["num_round"],
                         evals=[(m, name) for name, m in matrices.items()], evals_result=evals_result,
-                        additional_results=additional, ray_params=ray_params, **kwargs)
-    starts = [int(item[1]) for item in additional.get("callback_returns", [[]])[0]
-              if isinstance(item, tuple) and item and item[0] == _START]
+                        ray_params=ray_params, **kwargs)
+    starts = progress.snapshot(plan)["starts"]  # recorded by rank 0 at each (re)start, before it trains
     first = starts[-1] if starts else 0
     raw = bytes(booster.save_raw(raw_format="ubj"))
     return TrainOutcome(booster=raw, history=history_from_evals(evals_result, first_round=first),
