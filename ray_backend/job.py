@@ -162,17 +162,12 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
                          f"{resources.get('CPU', 0)} CPUs")
     t_connected = time.perf_counter()
 
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ray_backend import progress as progress_mod
 
-    namespace = ray.get_runtime_context().namespace
-    actor_name = f"sparkml-ext-progress-{plan['run_name']}"
-    actor = progress_mod.make_actor(actor_name, namespace, plan["epochs"], spec.num_workers,
-                                    train_manifest.records)
-    plan["progress_actor"] = [actor_name, namespace]
+    actor = progress_mod.make_actor(plan, plan["epochs"], spec.num_workers, train_manifest.records)
     fs, ray_path = storage.resolve(storage.join(spec.output_uri, plan["job_name"], "ray"), spec.s3)
     scaling = ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                             resources_per_worker=spec.resources_per_worker,

@@ -69,10 +69,12 @@ def snapshot(plan: dict[str, Any]) -> dict[str, Any]:
     return ray.get(ray.get_actor(name, namespace=namespace).snapshot.remote(), timeout=30)
 
 
-def make_actor(name: str, namespace: str, epochs: int, world_size: int, records_per_epoch: int) -> Any:
-    """Start the named progress actor (no CPU reserved) on the head node."""
+def make_actor(plan: dict[str, Any], epochs: int, world_size: int, records_per_epoch: int) -> Any:
+    """Start the job's named progress actor (no CPU reserved) and name it in `plan["progress_actor"]` for workers."""
     import ray
 
+    name, namespace = f"sparkml-ext-progress-{plan['run_name']}", ray.get_runtime_context().namespace
+    plan["progress_actor"] = [name, namespace]
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(ProgressState)
     return actor_cls.options(name=name, namespace=namespace, lifetime=None).remote(
         epochs, world_size, records_per_epoch)

@@ -178,15 +178,10 @@ def run_xgboost_job(spec: XGBoostJobSpec,
         from ray_backend.xgboost import xgboost_ray_engine as engine
     else:
         from ray_backend.xgboost import ray_train_engine as engine
-    import ray
-
     from ray_backend import progress
 
-    namespace = ray.get_runtime_context().namespace
-    actor_name = f"sparkml-ext-progress-{plan['run_name']}"
-    actor = progress.make_actor(actor_name, namespace, plan["total_rounds"], spec.num_workers,
+    actor = progress.make_actor(plan, plan["total_rounds"], spec.num_workers,
                                 Manifest.from_json(plan["manifests"]["train"]).records)
-    plan["progress_actor"] = [actor_name, namespace]
     printer = progress.Printer(plan["job_name"], enabled=spec.progress, log_each_epoch=False, unit="round")
     try:
         outcome, _ = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress)
