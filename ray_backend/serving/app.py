@@ -3,6 +3,7 @@ for several weighted variants, a router in front of them."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -110,7 +111,9 @@ class ModelServer:
 
     async def __call__(self, request: Any) -> Any:
         async def invoke(body: bytes, content_type: str | None, accept: str | None, headers: dict) -> Reply:
-            return self.invoke(body, content_type, accept)
+            # decode/predict/encode in a thread (they release the GIL), so the event loop keeps reading the
+            # next requests' bodies meanwhile
+            return await asyncio.to_thread(self.invoke, body, content_type, accept)
 
         return await handle_http(request, token_sha256=self.token_sha256, max_body_bytes=self.max_body_bytes,
                                  invoke=invoke)

@@ -24,7 +24,6 @@ import pyarrow as pa
 from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
-from pyspark.sql.types import StructField, StructType
 
 from ray_backend.serving import protocol
 from sparkml_ext.ml import scoring
@@ -187,9 +186,9 @@ def invocation_url(url: str) -> str:
     return url if url.endswith("/invocations") else url + "/invocations"
 
 
-def transform(model, dataset: DataFrame, config: dict, columns: list) -> DataFrame:
-    """RayModel._transform's endpoint branch: resolve the endpoint (policy) on the driver, then score with
-    mapInArrow; `config` and `columns` are the in-cluster transform's (already validated)."""
+def resolve(model, config: dict, columns: list) -> dict:
+    """RayModel._transform's endpoint branch: resolve the endpoint (creation policy) on the driver and return the
+    scorers' config: the in-cluster one (already validated) plus URL, token and the request Params."""
     meta = model._meta()
     if model.getEndpointUrl():
         url = invocation_url(model.getEndpointUrl())
@@ -200,13 +199,11 @@ def transform(model, dataset: DataFrame, config: dict, columns: list) -> DataFra
                              f"{found.output_columns}; this model has {meta['feature_dim']} and "
                              f"{meta['output_columns']}")
         url = found.url
-    cfg = {**config, "url": url, "token": model._token(), "feature_dim": int(meta["feature_dim"]),
-           "vector_sources": [src for _, src, t in columns if isinstance(t, VectorUDT)],
-           "max_batch_bytes": model.getMaxBatchBytes(), "max_batch_records": model.getMaxBatchRecords(),
-           "max_concurrent": model.getMaxConcurrentRequests(), "timeout": model.getRequestTimeout(),
-           "max_retries": model.getMaxRetries(), "backoff": model.getRetryBackoff()}
-    schema = StructType(dataset.schema.fields + [StructField(n, t, True) for n, _, t in columns])
-    return dataset.mapInArrow(make_endpoint_scorer(cfg), schema)
+    return {**config, "url": url, "token": model._token(), "feature_dim": int(meta["feature_dim"]),
+            "vector_sources": [src for _, src, t in columns if isinstance(t, VectorUDT)],
+            "max_batch_bytes": model.getMaxBatchBytes(), "max_batch_records": model.getMaxBatchRecords(),
+            "max_concurrent": model.getMaxConcurrentRequests(), "timeout": model.getRequestTimeout(),
+            "max_retries": model.getMaxRetries(), "backoff": model.getRetryBackoff()}
 
 
 # ---------------------------------------------------------------- the client (runs inside Spark tasks)
@@ -325,39 +322,60 @@ def _merge(parts: list[dict[str, np.ndarray]], vector_sources: list[str]) -> dic
     return merged
 
 
-def make_endpoint_scorer(config: dict) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """mapInArrow function: every batch's requests go out concurrently (batches overlap too); batches come back
-    in input order with the output columns appended, exactly one output row per input row."""
+def make_batch_scorer(config: dict) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """mapInArrow function (whole rows; sparse-trained models): the output columns appended to every batch."""
     text = json.dumps(config)
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         cfg = json.loads(text)
-        client = EndpointClient(cfg["url"], token=cfg["token"], timeout=cfg["timeout"],
-                                max_retries=cfg["max_retries"], backoff=cfg["backoff"])
-        pool = ThreadPoolExecutor(cfg["max_concurrent"], thread_name_prefix="sparkml-ext-endpoint")
-        window: deque[tuple[pa.RecordBatch, np.ndarray, list[Future]]] = deque()
-        in_flight = 0
-        try:
-            for batch in batches:
-                valid, futures = _submit(pool, client, cfg, batch)
-                window.append((batch, valid, futures))
-                in_flight += len(futures)
-                while window and (in_flight > 2 * cfg["max_concurrent"] or all(f.done() for f in window[0][2])):
-                    done = window.popleft()
-                    in_flight -= len(done[2])
-                    yield _finish(cfg, *done)
-            while window:
-                yield _finish(cfg, *window.popleft())
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        for batch, valid, outputs in _scored(cfg, batches, lambda b: scoring.features_of(cfg, b)):
+            yield scoring.append_outputs(cfg, batch, valid, outputs)
 
     return score
 
 
-def _submit(pool: ThreadPoolExecutor, client: EndpointClient, cfg: dict, batch: pa.RecordBatch):
+def make_column_scorer(config: dict) -> Callable[[Iterator[pa.Array]], Iterator[pa.StructArray]]:
+    """Iterator Arrow UDF body (dense-trained models): only the features column crosses into Python, as in-cluster;
+    the iterator form lets requests of consecutive batches overlap."""
+    text = json.dumps(config)
+
+    def score(columns: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        cfg = json.loads(text)
+        for _, valid, outputs in _scored(cfg, columns, lambda col: col):
+            yield scoring.output_struct(valid, outputs)
+
+    return score
+
+
+def _scored(cfg: dict, items: Iterator, features_of: Callable) -> Iterator[tuple[object, np.ndarray, list]]:
+    """(item, valid mask, output arrays) for every item, in input order, exactly one output row per input row:
+    each item's requests go out concurrently and consecutive items overlap (at most 2x maxConcurrentRequests
+    requests in flight)."""
+    client = EndpointClient(cfg["url"], token=cfg["token"], timeout=cfg["timeout"],
+                            max_retries=cfg["max_retries"], backoff=cfg["backoff"])
+    pool = ThreadPoolExecutor(cfg["max_concurrent"], thread_name_prefix="sparkml-ext-endpoint")
+    window: deque[tuple[object, np.ndarray, list[Future]]] = deque()
+    in_flight = 0
+    try:
+        for item in items:
+            valid, futures = _submit(pool, client, cfg, features_of(item))
+            window.append((item, valid, futures))
+            in_flight += len(futures)
+            while window and (in_flight > 2 * cfg["max_concurrent"] or all(f.done() for f in window[0][2])):
+                item, valid, futures = window.popleft()
+                in_flight -= len(futures)
+                yield item, valid, _collect(cfg, valid, futures)
+        while window:
+            item, valid, futures = window.popleft()
+            yield item, valid, _collect(cfg, valid, futures)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _submit(pool: ThreadPoolExecutor, client: EndpointClient, cfg: dict, features: pa.Array):
     """(valid mask, futures of the batch's requests): rows that are null or of the wrong size are not sent."""
     name, dim = cfg["features_col"], cfg["feature_dim"]
-    valid, matrix = scoring._features(batch.column(batch.schema.get_field_index(name)), name, dim)
+    valid, matrix = scoring._features(features, name, dim)
     if cfg["handle_invalid"] == "error" and not valid.all():
         first = int(np.flatnonzero(~valid)[0])
         raise ValueError(f"column {name!r} has {int((~valid).sum())} rows that are null or not of size {dim} "
@@ -368,22 +386,17 @@ def _submit(pool: ThreadPoolExecutor, client: EndpointClient, cfg: dict, batch: 
     return valid, [pool.submit(client.predict, body, records) for body, records in bodies]
 
 
-def _finish(cfg: dict, batch: pa.RecordBatch, valid: np.ndarray, futures: list[Future]) -> pa.RecordBatch:
-    """Wait for one batch's responses and append its output columns (as the in-cluster scorer does)."""
+def _collect(cfg: dict, valid: np.ndarray, futures: list[Future]) -> list[np.ndarray]:
+    """Wait for one batch's responses: one array per output column over all its rows (as the in-cluster scorer)."""
     outputs = _merge([f.result() for f in futures], cfg["vector_sources"])
-    if not futures:
-        outputs = {src: np.zeros((0,)) for _, src in cfg["columns"]}
+    if not futures:  # no valid row: every output is null, so a vector's width does not matter
+        outputs = {src: np.zeros((0, 1) if src in cfg["vector_sources"] else (0,)) for _, src in cfg["columns"]}
     missing = [src for _, src in cfg["columns"] if src not in outputs and
                not (src in ("probability", "rawPrediction") and "score" in outputs)]
     if missing:
         raise EndpointError(f"endpoint {cfg['url']} did not return output(s) {missing}; it returned "
                             f"{sorted(outputs)}")
-    arrays = list(batch.columns)
-    for _, source in cfg["columns"]:
-        out = scoring._output(source, outputs, valid)
-        arrays.append(scoring.dense_vectors(out, valid) if out.ndim == 2 else pa.array(out, mask=~valid))
-    result = pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + [n for n, _ in cfg["columns"]])
-    return result.filter(pa.array(valid)) if cfg["handle_invalid"] == "skip" else result
+    return [scoring._output(source, outputs, valid) for _, source in cfg["columns"]]
 
 
 # ---------------------------------------------------------------- batch scoring

@@ -200,6 +200,20 @@ def _ray_address(address: str, spark, num_workers: int):
         yield ray_address
 
 
+def _builtin_model_class(meta: dict) -> type[RayModel]:
+    """The model class of a built-in algorithm's artifact; RayModel for the others (linear-sgd, torch)."""
+    import importlib
+
+    name = {"linear-learner": "linear_learner.LinearLearnerModel", "kmeans": "kmeans.KMeansModel",
+            "pca": "pca.PCAModel", "factorization-machines": "factorization_machines.FactorizationMachinesModel",
+            "xgboost": "xgboost.XGBoostClassificationModel" if "predicted_label" in meta["output_columns"]
+            else "xgboost.XGBoostRegressionModel"}.get(meta["algorithm"])
+    if name is None:
+        return RayModel
+    module, cls = name.rsplit(".", 1)
+    return getattr(importlib.import_module(f"sparkml_ext.ml.{module}"), cls)
+
+
 @accessors
 class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
     """A model trained on Ray: scores in Spark tasks (mapInArrow), one cached predictor per Python worker, or
@@ -213,10 +227,14 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
 
     @classmethod
     def fromArtifact(cls, uri: str, **params) -> RayModel:  # noqa: N802 (Spark naming)
-        """A model for an artifact trained elsewhere (its model.json and checksums are read now)."""
+        """A model for an artifact trained elsewhere (its model.json and checksums are read now); called on RayModel
+        itself it returns the built-in algorithm's own model class (XGBoost, Linear Learner, ...), whose columns
+        fit that algorithm's outputs."""
         from ray_backend import artifact
 
-        artifact.read_meta(uri)
+        meta = artifact.read_meta(uri)
+        if cls is RayModel:
+            cls = _builtin_model_class(meta)
         return cls(uri, **params)
 
     def _meta(self) -> dict:
@@ -259,27 +277,34 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         s3 = dataclasses.asdict(storage.S3Options.from_env()) if persistence.is_object_store(self.artifactUri) else None
         config = {"artifact_uri": self.artifactUri, "s3": s3, "features_col": feat,
                   "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns]}
+        scorers = scoring
         if self.usesEndpoint():
-            return endpoint.transform(self, dataset, config, columns)
+            config, scorers = endpoint.resolve(self, config, columns), endpoint
         if not meta["input_schema"].get("sparse") and hasattr(F, "arrow_udf"):
-            return self._transform_dense(dataset, config, columns, ftype)
+            # array -> array (in-cluster) or iterator -> iterator (endpoint), from the scorer's type hints
+            udf = F.arrow_udf(scorers.make_column_scorer(config), self._column_scorer_type(columns))
+            return self._transform_columnwise(dataset, config, columns, ftype, udf)
         schema = StructType(dataset.schema.fields + [StructField(n, t, True) for n, _, t in columns])
-        return dataset.mapInArrow(scoring.make_batch_scorer(config), schema)
+        return dataset.mapInArrow(scorers.make_batch_scorer(config), schema)
 
-    def _transform_dense(self, dataset: DataFrame, config: dict, columns, ftype) -> DataFrame:
-        """Models trained on dense data: an Arrow UDF over vector_to_array, so only the features cross into Python
-        (Spark >= 4.1). Sparse-trained models keep the mapInArrow path, which never densifies."""
+    @staticmethod
+    def _column_scorer_type(columns) -> StructType:
+        """What a column scorer returns: `valid` plus one field per output column (vectors as array<double>)."""
+        return StructType([StructField(scoring.VALID, BooleanType())] + [
+            StructField(f"c{i}", ArrayType(DoubleType()) if isinstance(t, VectorUDT) else DoubleType())
+            for i, (_, _, t) in enumerate(columns)])
+
+    def _transform_columnwise(self, dataset: DataFrame, config: dict, columns, ftype, udf) -> DataFrame:
+        """Models trained on dense data: an Arrow UDF (in-cluster or endpoint) over vector_to_array, so only the
+        features cross into Python (Spark >= 4.1). Sparse-trained models keep the mapInArrow path, which never
+        densifies."""
         from pyspark.ml.functions import array_to_vector, vector_to_array
 
         feat = config["features_col"]
         arr = F.col(feat)
         if isinstance(ftype, VectorUDT):  # vector_to_array refuses nulls: keep them null for handleInvalid
             arr = F.when(arr.isNotNull(), vector_to_array(arr, "float32"))
-        out_type = StructType([StructField(scoring.VALID, BooleanType())] + [
-            StructField(f"c{i}", ArrayType(DoubleType()) if isinstance(t, VectorUDT) else DoubleType())
-            for i, (_, _, t) in enumerate(columns)])
         tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
-        udf = F.arrow_udf(scoring.make_column_scorer(config), out_type)
         scored = dataset.withColumn(tmp, udf(arr))
         if config["handle_invalid"] == "skip":
             scored = scored.filter(F.col(f"{tmp}.{scoring.VALID}"))

@@ -116,13 +116,30 @@ def make_batch_scorer(config: dict) -> Callable[[Iterator[pa.RecordBatch]], Iter
         cfg = json.loads(text)
         predictor = _load(cfg)
         for batch in batches:
-            valid, outputs = _predict(predictor, cfg, batch.column(batch.schema.get_field_index(cfg["features_col"])))
-            arrays = list(batch.columns) + [dense_vectors(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid)
-                                            for o in outputs]
-            out = pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + [n for n, _ in cfg["columns"]])
-            yield out.filter(pa.array(valid)) if cfg["handle_invalid"] == "skip" else out
+            yield append_outputs(cfg, batch, *_predict(predictor, cfg, features_of(cfg, batch)))
 
     return score
+
+
+def features_of(cfg: dict, batch: pa.RecordBatch) -> pa.Array:
+    """The features column of a whole-row batch."""
+    return batch.column(batch.schema.get_field_index(cfg["features_col"]))
+
+
+def append_outputs(cfg: dict, batch: pa.RecordBatch, valid: np.ndarray, outputs: list[np.ndarray]) -> pa.RecordBatch:
+    """A whole-row batch with the output columns appended (vectors as Spark vector structs); invalid rows dropped
+    under handleInvalid='skip', else their outputs are null."""
+    arrays = list(batch.columns) + [dense_vectors(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid)
+                                    for o in outputs]
+    out = pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + [n for n, _ in cfg["columns"]])
+    return out.filter(pa.array(valid)) if cfg["handle_invalid"] == "skip" else out
+
+
+def output_struct(valid: np.ndarray, outputs: list[np.ndarray]) -> pa.StructArray:
+    """The column scorers' result: `valid` plus one field per output (vectors as list<double> for
+    array_to_vector), one row per input row."""
+    arrays = [_list_column(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid) for o in outputs]
+    return pa.StructArray.from_arrays([pa.array(valid), *arrays], names=[VALID, *[f"c{i}" for i in range(len(outputs))]])
 
 
 def make_column_scorer(config: dict) -> Callable[[pa.Array], pa.Array]:
@@ -132,10 +149,7 @@ def make_column_scorer(config: dict) -> Callable[[pa.Array], pa.Array]:
 
     def score(features: pa.Array) -> pa.Array:
         cfg = json.loads(text)
-        valid, outputs = _predict(_load(cfg), cfg, features)
-        arrays = [_list_column(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid) for o in outputs]
-        return pa.StructArray.from_arrays([pa.array(valid), *arrays],
-                                          names=[VALID, *[f"c{i}" for i in range(len(outputs))]])
+        return output_struct(*_predict(_load(cfg), cfg, features))
 
     return score
 

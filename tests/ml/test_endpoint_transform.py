@@ -55,9 +55,26 @@ def test_endpoint_transform_equals_in_cluster(served, uri, data):
     got = served.copy().setMaxBatchRecords(37).setMaxConcurrentRequests(3).transform(data)  # many small requests
     assert endpoint.get("tx-main") is not None  # CREATE_ON_TRANSFORM made it
     assert got.columns == expected.columns
+    assert "ArrowEvalPython" in plan(got)  # dense-trained: only the features column goes through Python
     assert_df_equality(got, expected)
     counts = endpoint.variant_counts("tx-main")["AllTraffic"]
     assert counts["records"] >= data.count() and counts["requests"] >= data.count() // 37
+
+
+def plan(df) -> str:
+    return df._jdf.queryExecution().executedPlan().toString()
+
+
+def test_a_sparse_trained_model_scores_whole_rows_through_the_endpoint(ray_cluster, data, tmp_path):
+    sparse_uri = linear_artifact(tmp_path / "sparse", seed=6, dim=DIM, sparse=True)
+    expected = RayModel.fromArtifact(sparse_uri).transform(data)
+    model = RayModel.fromArtifact(sparse_uri, endpointName="tx-sparse").setMaxBatchRecords(50)
+    try:
+        got = model.transform(data)
+        assert "MapInArrow" in plan(got)  # sparse rows stay sparse on the way to the endpoint
+        assert_df_equality(got, expected)
+    finally:
+        endpoint.delete("tx-sparse")
 
 
 def test_invalid_rows_are_handled_like_in_cluster(served, uri, data, spark):

@@ -67,6 +67,25 @@ def test_classifier_matches_single_process_xgboost(fitted, cancer_split):
     assert model.getBooster().num_boosted_rounds() == HP["num_round"]
 
 
+def test_endpoint_transform_equals_in_cluster_from_a_generic_ray_model(fitted, cancer_split):
+    """RayModel.fromArtifact returns the XGBoost model class (its vector columns), in-cluster and via Ray Serve."""
+    from ray_backend.serving import endpoint
+    from sparkml_ext import RayModel
+
+    engine, model = fitted
+    _, test = cancer_split
+    generic = RayModel.fromArtifact(model.artifactUri)
+    assert type(generic) is XGBoostClassificationModel
+    expected = model.transform(test)
+    assert_df_equality(generic.transform(test), expected)
+    name = f"xgb-{engine}"
+    try:
+        hosted = RayModel.fromArtifact(model.artifactUri, endpointName=name).setMaxBatchRecords(64)
+        assert_df_equality(hosted.transform(test), expected)
+    finally:
+        endpoint.delete(name)
+
+
 def test_pipeline_with_xgboost_stage_saves_and_loads(fitted, cancer_split, tmp_path):
     _, model = fitted
     _, test = cancer_split
