@@ -139,7 +139,8 @@ def output_struct(valid: np.ndarray, outputs: list[np.ndarray]) -> pa.StructArra
     """The column scorers' result: `valid` plus one field per output (vectors as list<double> for
     array_to_vector), one row per input row."""
     arrays = [_list_column(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid) for o in outputs]
-    return pa.StructArray.from_arrays([pa.array(valid), *arrays], names=[VALID, *[f"c{i}" for i in range(len(outputs))]])
+    names = [VALID, *[f"c{i}" for i in range(len(outputs))]]
+    return pa.StructArray.from_arrays([pa.array(valid), *arrays], names=names)
 
 
 def make_column_scorer(config: dict) -> Callable[[pa.Array], pa.Array]:
