@@ -216,8 +216,9 @@ def _builtin_model_class(meta: dict) -> type[RayModel]:
 
 @accessors
 class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
-    """A model trained on Ray: scores in Spark tasks (mapInArrow), one cached predictor per Python worker, or
-    through a hosted endpoint when endpointName/endpointUrl is set (sparkml_ext.ml.endpoint)."""
+    """A model trained on Ray: scores in Spark tasks (an Arrow UDF for dense-trained models, mapInArrow for sparse),
+    one cached predictor per Python worker, or through a hosted endpoint when endpointName/endpointUrl is set
+    (sparkml_ext.ml.endpoint)."""
 
     def __init__(self, artifactUri: str | None = None, **params):  # noqa: N803 (Spark naming)
         super().__init__()
