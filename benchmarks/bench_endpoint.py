@@ -60,7 +60,7 @@ def trained_artifact(algorithm: str, sample, staging: str) -> str:
     return estimator.setShowProgress(False).fit(sample).artifactUri
 
 
-def measure(spark, df, uri: str, args) -> dict:
+def measure(df, uri: str, args) -> dict:
     """Seconds for the in-cluster and the endpoint transform of `uri` (same DataFrame), and request latency."""
     found = endpoint.deploy("bench-endpoint", uri, replicas=args.replicas, port=0)
     in_cluster = RayModel.fromArtifact(uri)
@@ -125,7 +125,7 @@ def main() -> None:
     models = {"artifact": args.artifact} if args.artifact else {
         a: random_linear_artifact(dim) if a == "linear-sgd" else trained_artifact(a, sample, staging)
         for a in args.algorithms.split(",")}
-    results = {name: measure(spark, df, uri, args) for name, uri in models.items()}
+    results = {name: measure(df, uri, args) for name, uri in models.items()}
     print(f"{args.rows:,} x {dim} dense, cached, local[2], noop sink, median of {args.repeat}; endpoint: "
           f"{args.replicas} replica(s) on loopback, Ray with {args.ray_cpus} CPUs (shared with Spark)")
     print("| model | in-cluster s | in-cluster rows/s | endpoint s | endpoint rows/s | endpoint / in-cluster | "

@@ -201,17 +201,15 @@ def _ray_address(address: str, spark, num_workers: int):
 
 
 def _builtin_model_class(meta: dict) -> type[RayModel]:
-    """The model class of a built-in algorithm's artifact; RayModel for the others (linear-sgd, torch)."""
-    import importlib
+    """The model class of a built-in algorithm's artifact (loaded through the package's lazy exports); RayModel for
+    the others (linear-sgd, torch)."""
+    import sparkml_ext
 
-    name = {"linear-learner": "linear_learner.LinearLearnerModel", "kmeans": "kmeans.KMeansModel",
-            "pca": "pca.PCAModel", "factorization-machines": "factorization_machines.FactorizationMachinesModel",
-            "xgboost": "xgboost.XGBoostClassificationModel" if "predicted_label" in meta["output_columns"]
-            else "xgboost.XGBoostRegressionModel"}.get(meta["algorithm"])
-    if name is None:
-        return RayModel
-    module, cls = name.rsplit(".", 1)
-    return getattr(importlib.import_module(f"sparkml_ext.ml.{module}"), cls)
+    name = {"linear-learner": "LinearLearnerModel", "kmeans": "KMeansModel", "pca": "PCAModel",
+            "factorization-machines": "FactorizationMachinesModel",
+            "xgboost": "XGBoostClassificationModel" if "predicted_label" in meta["output_columns"]
+            else "XGBoostRegressionModel"}.get(meta["algorithm"])
+    return getattr(sparkml_ext, name) if name else RayModel
 
 
 @accessors
