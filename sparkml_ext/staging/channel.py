@@ -117,9 +117,10 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     """Stage a DataFrame as RecordIO-protobuf shards plus manifest.json at `uri` (the channel directory).
 
     validation="fast" (default): one JVM-native aggregation checks columns, nulls, labels and array sizes before
-    anything is written; the sizes of Vector-column rows are counted by the writing tasks and a mismatch rolls the
-    write back (shards deleted, no manifest). validation="full": one Arrow pass checks everything, Vector sizes
-    included, before anything is written (costs a second transfer of the vectors to Python).
+    anything is written, and Vector sizes too when the first 256 rows are all dense; otherwise the writing tasks
+    count Vector sizes and a mismatch rolls the write back (shards deleted, no manifest). validation="full": one
+    Arrow pass checks everything, Vector sizes included, before anything is written (costs a second transfer of
+    the vectors to Python).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -276,29 +276,43 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     return out, checked
 
 
-def _sample_vectors(data, spec: FeatureSpec, itemsize: int, sample: int = 1000) -> tuple[int, int]:
-    """(estimated encoded feature bytes per row, sparse rows) of the first rows; only numbers come back."""
+def _sample_vectors(data, spec: FeatureSpec, itemsize: int, sample: int = 256) -> tuple[int, int]:
+    """(estimated encoded feature bytes per row, sparse rows) of the first `sample` non-null rows (nulls are
+    counted by the aggregation).
 
-    def run(batches):
-        values = sparse_values = rows = sparse_rows = 0
-        for b in batches:
-            col = b.column(spec.features[0])
-            _, nvals, sparse = _vector_dims(col)
-            sparse = pc.and_(sparse, pc.is_valid(col))
-            values += int(pc.sum(nvals).as_py() or 0)
-            sparse_values += int(pc.sum(pc.if_else(sparse, nvals, 0)).as_py() or 0)
-            sparse_rows += int(pc.sum(sparse).as_py() or 0)
-            rows += b.num_rows
-        yield pa.RecordBatch.from_pydict({"rows": [rows], "values": [values], "sparse": [sparse_values],
-                                          "sparse_rows": [sparse_rows]})
+    On Spark >= 4 the JVM converts those rows to Arrow for the driver (`toArrow`: no Python worker starts, about a
+    third of the time of a mapInArrow job); older Sparks run the same count in a mapInArrow task.
+    """
+    from pyspark.sql import functions as F
 
-    got = data.select(spec.features[0]).limit(sample).mapInArrow(
-        run, "rows long, values long, sparse long, sparse_rows long").collect()
-    rows = sum(r.rows for r in got)
+    column = spec.features[0]
+    head = data.select(column).where(F.col(column).isNotNull()).limit(sample)
+    if hasattr(head, "toArrow"):
+        counts = [_sample_counts(head.toArrow().to_batches(), column)]
+    else:
+        def run(batches):
+            yield pa.RecordBatch.from_pylist([_sample_counts(batches, column)])
+
+        counts = [r.asDict() for r in head.mapInArrow(run, "rows long, values long, sparse long, "
+                                                             "sparse_rows long").collect()]
+    rows = sum(c["rows"] for c in counts)
     if not rows:
         return 0, 0
-    per_row = int((sum(r.values for r in got) * itemsize + sum(r.sparse for r in got) * 4) / rows)
-    return per_row, sum(r.sparse_rows for r in got)
+    per_row = int((sum(c["values"] for c in counts) * itemsize + sum(c["sparse"] for c in counts) * 4) / rows)
+    return per_row, sum(c["sparse_rows"] for c in counts)
+
+
+def _sample_counts(batches: Iterable[pa.RecordBatch], column: str) -> dict[str, int]:
+    """Rows, stored values, values of sparse rows and sparse rows in Arrow batches of a Vector column."""
+    values = sparse_values = rows = sparse_rows = 0
+    for b in batches:
+        col = b.column(column)
+        _, nvals, sparse = _vector_dims(col)
+        values += int(pc.sum(nvals).as_py() or 0)
+        sparse_values += int(pc.sum(pc.if_else(sparse, nvals, 0)).as_py() or 0)
+        sparse_rows += int(pc.sum(sparse).as_py() or 0)
+        rows += b.num_rows
+    return {"rows": rows, "values": values, "sparse": sparse_values, "sparse_rows": sparse_rows}
 
 
 def check_stats(per_partition: dict[int, dict], spec: FeatureSpec) -> DataStats:

@@ -220,3 +220,21 @@ def test_sparse_rows_beyond_the_sample_stay_sparse(spark, tmp_path):
     dense_only = write_channel(df.where("uid not like 's%' and uid != 'e'"), str(tmp_path / "dense"),
                                labelCol=None, uidCol="uid")
     assert not dense_only.sparse and dense_only.manifest.extra["sparse_rows"] == 0
+
+
+def test_vector_sample_counts_the_same_with_and_without_toarrow(spark, monkeypatch):
+    """The driver-side Arrow sample (Spark >= 4) and the mapInArrow fallback (Spark 3.5) count the same rows."""
+    from pyspark.sql import DataFrame
+
+    from sparkml_ext.staging.validate import _sample_vectors, inspect_schema
+
+    rows = [(Vectors.sparse(1000, [i % 1000, 999], [1.0, 2.0]),) if i % 3 == 0 else (Vectors.dense([1.0] * 1000),)
+            for i in range(300)]
+    rows.insert(7, (None,))  # null rows are the aggregation's to count; the sample skips them
+    df = spark.createDataFrame(rows, ["features"]).coalesce(1)
+    spec = inspect_schema(df.schema, "features", None, None, training=False)
+    arrow = _sample_vectors(df, spec, 4)
+    # 256 sampled rows: 86 sparse rows of 2 values (+4 index bytes each), 170 dense rows of 1,000 values
+    assert arrow == (int((86 * 2 * 4 + 86 * 2 * 4 + 170 * 1000 * 4) / 256), 86)
+    monkeypatch.delattr(DataFrame, "toArrow")
+    assert _sample_vectors(df, spec, 4) == arrow
