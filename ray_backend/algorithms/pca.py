@@ -1,7 +1,9 @@
-"""PCA in one pass (SageMaker's hyperparameters): `regular` allreduces the record count, mean and scatter matrix
-(XᵀX about the mean) and eigendecomposes it in float64 on rank 0; `randomized` allreduces the sketch XᵀXΩ of a
-test matrix Ω every worker draws from the same seed, and recovers the leading eigenpairs from it with a
-single-pass Nyström approximation (Tropp et al. 2017), so memory is d·(num_components + extra) instead of d².
+"""PCA (SageMaker's hyperparameters): `regular` allreduces the record count, mean and scatter matrix (XᵀX about the
+mean) in one pass and eigendecomposes it in float64 on rank 0; `randomized` allreduces the sketch AΩ (A = XᵀX about
+the mean) of a test matrix Ω every worker draws from the same seed, and recovers the leading eigenpairs from it with
+a Nyström approximation (Tropp et al. 2017), so memory is d·(num_components + extra) instead of d². By default that
+is one pass, as SageMaker's; `power_iterations` q adds q passes, each sketching A with the orthonormalised previous
+sketch (subspace iteration), which sharpens the result where the spectrum decays slowly.
 CSR input stays sparse throughout (XᵀX and XᵀXΩ are sparse products; the projection subtracts mean·V afterwards)."""
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class PCA(Algorithm):
     def validate(cls, hp: dict[str, Any]) -> dict[str, Any]:
         """Fill SageMaker's defaults and check every hyperparameter, naming the bad one."""
         out = {"num_components": None, "feature_dim": None, "mini_batch_size": 10000, "algorithm_mode": "regular",
-               "subtract_mean": True, "extra_components": -1, "seed": 0}
+               "subtract_mean": True, "extra_components": -1, "power_iterations": 0, "seed": 0}
         unknown = set(hp) - set(out)
         if unknown:
             raise ValueError(f"unknown pca hyperparameter(s) {sorted(unknown)}; known: {sorted(out)}")
@@ -140,6 +142,7 @@ class PCA(Algorithm):
         _int(out, "mini_batch_size", 1)
         _int(out, "extra_components", 1, allow=(-1,))
         _int(out, "seed", 0)
+        _int(out, "power_iterations", 0)
         if out["algorithm_mode"] not in MODES:
             raise ValueError(f"algorithm_mode must be one of {MODES}, got {out['algorithm_mode']!r}")
         out["subtract_mean"] = _bool(out["subtract_mean"], "subtract_mean")
@@ -155,8 +158,9 @@ class PCA(Algorithm):
 
     @property
     def epochs(self) -> int:
-        """PCA makes exactly one pass."""
-        return 1
+        """Passes over the data: one, plus power_iterations in randomized mode."""
+        hp = self.hyperparameters
+        return 1 + (hp["power_iterations"] if hp["algorithm_mode"] == "randomized" else 0)
 
     @property
     def sketch_size(self) -> int:
@@ -190,9 +194,10 @@ class PCA(Algorithm):
             np.zeros(0), np.zeros((0, 0)))
         return n, mean, values, vectors, float(np.trace(scatter))
 
-    def _randomized(self, ctx: TrainContext, reader: Any, epoch: int) -> tuple[float, np.ndarray, np.ndarray,
-                                                                                np.ndarray, float]:
-        d, omega = self.feature_dim, self._omega()
+    def _randomized(self, ctx: TrainContext, reader: Any, epoch: int, omega: np.ndarray) -> tuple[
+            float, np.ndarray, np.ndarray, np.ndarray, float]:
+        """One pass: the allreduced sketch AΩ; on the last pass the Nyström eigenpairs, before it the next Ω."""
+        d = self.feature_dim
         sketch, total, sq, seen = np.zeros((d, omega.shape[1])), np.zeros(d), 0.0, 0
         for chunk in reader.batches(self.hyperparameters["mini_batch_size"]):
             x = chunk.features
@@ -211,21 +216,36 @@ class PCA(Algorithm):
         if self.hyperparameters["subtract_mean"]:  # (XᵀX − n·μμᵀ)Ω
             sketch = sketch - n * np.outer(mean, mean @ omega)
             trace = sq - n * float(mean @ mean)
+        if epoch < self.epochs - 1:  # every rank holds the same allreduced sketch, so the same next Ω
+            return n, mean, np.zeros(0), np.linalg.qr(sketch)[0], trace
         values, vectors = nystrom_eigen(sketch, omega, self.hyperparameters["num_components"]) if ctx.rank == 0 \
             else (np.zeros(0), np.zeros((0, 0)))
         return n, mean, values, vectors, trace
 
     def train(self, ctx: TrainContext) -> ModelState:
-        """One pass, one allreduce, eigendecomposition on rank 0; the model is rank 0's checkpoint."""
+        """One allreduce per pass, eigendecomposition on rank 0; the model is rank 0's checkpoint (a randomized
+        run's earlier passes checkpoint their Ω, so a restarted run resumes at the next pass)."""
         hp = self.hyperparameters
         state = ctx.state if ctx.resumed else None
+        omega = None
+        if hp["algorithm_mode"] == "randomized":
+            omega = np.asarray(state.tensors["omega"]) if state is not None and "omega" in state.tensors else \
+                self._omega()
         for epoch in range(ctx.start_epoch, self.epochs):
             t0 = time.perf_counter()
-            run = self._regular if hp["algorithm_mode"] == "regular" else self._randomized
-            n, mean, values, vectors, trace = run(ctx, ctx.channels["train"], epoch)
+            if hp["algorithm_mode"] == "regular":
+                n, mean, values, vectors, trace = self._regular(ctx, ctx.channels["train"], epoch)
+            else:
+                n, mean, values, vectors, trace = self._randomized(ctx, ctx.channels["train"], epoch, omega)
             metrics: dict[str, float] = {"epoch": epoch, "records": n, "seconds": time.perf_counter() - t0}
             if n < 2:
                 raise ValueError(f"pca needs at least 2 records, the train channel has {int(n)}")
+            if epoch < self.epochs - 1:
+                omega = vectors
+                metrics["records_per_s"] = n / max(metrics["seconds"], 1e-9)
+                state = ModelState(tensors={"omega": omega}, meta={"epoch": epoch, "records": n})
+                ctx.end_epoch(epoch, metrics, state)
+                continue
             if ctx.rank == 0:
                 ratio = values / trace if trace > 0 else np.zeros_like(values)
                 metrics.update(explained_variance=float(ratio.sum()), total_variance=trace / (n - 1.0))

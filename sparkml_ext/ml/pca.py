@@ -1,4 +1,4 @@
-"""PCA / PCAModel: one-pass principal components trained on Ray (SageMaker's algorithm and hyperparameters).
+"""PCA / PCAModel: principal components trained on Ray in one pass (SageMaker's algorithm and hyperparameters).
 
 The model writes the projection to `outputCol` (Spark's PCA convention; default `projection`, SageMaker's name) and
 exposes Spark PCAModel's `pc` and `explainedVariance`. Unlike Spark's PCAModel, the projection subtracts the
@@ -28,12 +28,16 @@ def _extra_components(value) -> int:
                    ranged("feature_dim", int, 1), None),
     Hyperparameter("mini_batch_size", "records per batch on each worker", ranged("mini_batch_size", int, 1), 10000),
     Hyperparameter("algorithm_mode", "regular (exact: mean and XᵀX, then an eigendecomposition) or randomized "
-                   "(one-pass sketch, memory d·(num_components + extra_components), for large feature_dim)",
+                   "(a sketch in 1 + power_iterations passes; memory d·(num_components + extra_components), for large "
+                   "feature_dim)",
                    one_of("algorithm_mode", MODES), "regular"),
     Hyperparameter("subtract_mean", "centre the data on its mean, in training and projection",
                    boolean("subtract_mean"), True),
     Hyperparameter("extra_components", "extra sketch columns in randomized mode; -1: max(10, num_components)",
                    _extra_components, -1),
+    Hyperparameter("power_iterations", "randomized mode: extra passes that refine the sketch (subspace iteration; "
+                   "not a SageMaker hyperparameter); 0 is SageMaker's single pass, 1-2 help where the spectrum "
+                   "decays slowly", ranged("power_iterations", int, 0), 0),
 )
 class _PCAParams(SageMakerHyperparameters, HasOutputCol):
     """SageMaker PCA hyperparameters and the output column, shared by the estimator and the model."""
@@ -52,7 +56,7 @@ class _PCAParams(SageMakerHyperparameters, HasOutputCol):
 
 
 class PCA(RayEstimator, _PCAParams):
-    """One-pass PCA on Ray (SageMaker's algorithm and hyperparameters); features only, no label."""
+    """PCA on Ray (SageMaker's algorithm and hyperparameters; one pass unless power_iterations); features only."""
 
     _needs_label = False
 

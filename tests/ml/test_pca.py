@@ -82,13 +82,14 @@ def test_sparse_vectors_train_and_project(spark, ray_local, tmp_path):
 
 def test_sagemaker_named_params_with_camel_case_accessors(digits, fitted):
     est = PCA().setNumComponents(3).setAlgorithmMode("randomized").setSubtractMean("False").setExtraComponents(7)
-    est.setMiniBatchSize(64)
-    assert est.getSubtractMean() is False and est.getOutputCol() == "projection"
+    est.setMiniBatchSize(64).setPowerIterations(2)
+    assert est.getSubtractMean() is False and est.getOutputCol() == "projection" and est.getPowerIterations() == 2
     assert est._hyperparameters() == {"num_components": 3, "feature_dim": None, "mini_batch_size": 64,
                                       "algorithm_mode": "randomized", "subtract_mean": False,
-                                      "extra_components": 7, "seed": 0}
+                                      "extra_components": 7, "power_iterations": 2, "seed": 0}
     for bad, name in (({"num_components": 0}, "num_components"), ({"algorithm_mode": "exact"}, "algorithm_mode"),
-                      ({"extra_components": 0}, "extra_components"), ({"subtract_mean": "maybe"}, "subtract_mean")):
+                      ({"extra_components": 0}, "extra_components"), ({"subtract_mean": "maybe"}, "subtract_mean"),
+                      ({"power_iterations": -1}, "power_iterations")):
         with pytest.raises(ValueError, match=name):
             PCA(**bad)
     assert isinstance(fitted, PCAModel) and fitted.getNumComponents() == 6
