@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=2, help="epochs per throughput job (the last is reported)")
     ap.add_argument("--mini-batch-size", type=int, default=1000)
+    ap.add_argument("--algorithm", choices=("linear-sgd", "mlp"), default="linear-sgd",
+                    help="throughput model: linear-sgd (dim weights, communication-bound) or an MLP with two "
+                         "hidden layers (bring-your-own torch, DDP; compute-bound)")
+    ap.add_argument("--hidden", type=int, default=512, help="MLP hidden layer width")
     ap.add_argument("--only", choices=("overhead", "throughput"), default=None, help="run one part only")
     ap.add_argument("--workdir", default=None, help="where data and artifacts go (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -85,15 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         big = write_dense_channel(os.path.join(work, "big"), rows, args.dim, 8)
         print(json.dumps({"bench": "write_channel", "rows": rows, "s": time.perf_counter() - t}), flush=True)
+        algorithm, hyperparameters = _throughput_model(args)
         for workers in (1, 2):
             for mode in ("Pipe", "File"):
                 t = time.perf_counter()
-                res = run_job(JobSpec(algorithm="linear-sgd", output_uri=os.path.join(work, "out"),
+                res = run_job(JobSpec(algorithm=algorithm, output_uri=os.path.join(work, "out"),
                                       train=ChannelSpec(big, input_mode=mode), num_workers=workers, progress=False,
-                                      hyperparameters={"epochs": args.epochs, "mini_batch_size": args.mini_batch_size,
-                                                       "learning_rate": 0.01}))
+                                      hyperparameters={**hyperparameters, "epochs": args.epochs}))
                 h = res.metrics_history
-                results.append({"bench": "epoch_throughput", "rows": rows, "dim": args.dim, "workers": workers,
+                results.append({"bench": "epoch_throughput", "algorithm": args.algorithm, "rows": rows, "dim": args.dim,
+                                "workers": workers,
                                  "mode": mode, "first_epoch_records_per_s": h[0]["records_per_s"],
                                  "last_epoch_records_per_s": h[-1]["records_per_s"],
                                  "last_epoch_s": h[-1]["seconds"], "job_s": time.perf_counter() - t,
@@ -105,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     return _summary(results, ray_start, args.epochs)
+
+
+def _throughput_model(args: argparse.Namespace) -> tuple[str, dict]:
+    """The engine algorithm and hyperparameters of the throughput jobs."""
+    if args.algorithm == "mlp":
+        return "torch", {"module": "benchmarks.models:mlp", "module_kwargs": {"dim": args.dim, "hidden": args.hidden},
+                         "loss": "mse", "optimizer": "sgd", "learning_rate": 0.01, "batch_size": args.mini_batch_size}
+    return "linear-sgd", {"mini_batch_size": args.mini_batch_size, "learning_rate": 0.01}
 
 
 def _summary(results: list[dict], ray_start: float, epochs: int) -> int:
