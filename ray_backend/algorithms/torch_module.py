@@ -54,8 +54,12 @@ class TorchModule(Algorithm):
         return out
 
     def output_columns(self) -> list[str]:
-        """score always; predicted_label for classification losses."""
-        if self.hyperparameters["loss"] in ("bce_with_logits", "cross_entropy"):
+        """score always; predicted_label for classification losses; cross_entropy (multiclass) also the
+        probability and rawPrediction (logit) vectors, with score the probability vector."""
+        loss = self.hyperparameters["loss"]
+        if loss == "cross_entropy":
+            return ["score", "predicted_label", "probability", "rawPrediction"]
+        if loss == "bce_with_logits":
             return ["score", "predicted_label"]
         return ["score"]
 
@@ -193,7 +197,9 @@ class TorchModule(Algorithm):
         if loss == "cross_entropy":
             e = np.exp(out - out.max(axis=1, keepdims=True))
             prob = e / e.sum(axis=1, keepdims=True)
-            return {"score": prob.astype(np.float32), "predicted_label": prob.argmax(axis=1).astype(np.float32)}
+            prob = prob.astype(np.float32)
+            return {"score": prob, "predicted_label": prob.argmax(axis=1).astype(np.float32), "probability": prob,
+                    "rawPrediction": out.astype(np.float32)}
         out = out.reshape(len(out), -1)
         score = out[:, 0] if out.shape[1] == 1 else out
         if loss == "bce_with_logits":

@@ -244,9 +244,13 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         return artifact.read_meta(self.artifactUri)
 
     def _output_columns(self, outputs: list[str]) -> list[tuple[str, str, object]]:
-        """(column name, source, Spark type) for every column transform adds."""
+        """(column name, source, Spark type) for every column transform adds. A multiclass algorithm gives
+        `probability` and `rawPrediction` vectors itself (its `score` is then the class-probability vector); for a
+        binary one they are derived from its `score`."""
         kind = scoring.model_kind(outputs)
         vec = VectorUDT()
+        multiclass = "probability" in outputs
+        outputs = [o for o in outputs if o not in ("probability", "rawPrediction")]
         spark_ml = {
             scoring.CLASSIFIER: [(self.getPredictionCol(), "predicted_label", DoubleType()),
                                  (self.getProbabilityCol(), "probability", vec),
@@ -255,7 +259,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             scoring.CLUSTERING: [(self.getPredictionCol(), "closest_cluster", DoubleType())],
             scoring.PROJECTION: [],
         }[kind]
-        sagemaker = [(name, name, vec if name == "projection" else DoubleType()) for name in outputs]
+        sagemaker = [(name, name, vec if name == "projection" or (multiclass and name == "score") else DoubleType())
+                     for name in outputs]
         return [c for c in spark_ml if c[0]] + sagemaker
 
     def _transform(self, dataset: DataFrame) -> DataFrame:

@@ -3,7 +3,6 @@ names (`mini_batch_size`, ...) and sagemaker-pyspark's camelCase accessors (`set
 
 from __future__ import annotations
 
-from pyspark.ml.linalg import VectorUDT
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -111,13 +110,6 @@ class LinearLearnerParams(SageMakerHyperparameters):
 class LinearLearnerModel(RayModel, LinearLearnerParams):
     """A trained Linear Learner. Binary: `score` (probability of 1) and `predicted_label` (the tuned threshold);
     multiclass: `score` is the class-probability vector; regressor: `score`; plus Spark ML's columns."""
-
-    def _output_columns(self, outputs: list[str]) -> list[tuple[str, str, object]]:
-        if "probability" not in outputs:
-            return super()._output_columns(outputs)
-        # multiclass: probability / rawPrediction come from the algorithm as vectors, and score is a vector too
-        own = super()._output_columns([o for o in outputs if o not in ("probability", "rawPrediction")])
-        return [(name, src, VectorUDT() if src == "score" else spark_type) for name, src, spark_type in own]
 
 
 class _LinearLearner(RayEstimator, LinearLearnerParams):

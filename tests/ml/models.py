@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 
-def mlp(inputs: int, hidden: int = 16):
-    """A one-hidden-layer binary classifier producing one logit."""
+def mlp(inputs: int, hidden: int = 16, outputs: int = 1):
+    """A one-hidden-layer network: one logit (binary) or `outputs` logits (multiclass)."""
     import torch
 
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, outputs))

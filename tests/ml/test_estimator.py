@@ -115,6 +115,31 @@ def test_bring_your_own_torch_module_reaches_accuracy(cancer, ray_local, tmp_pat
     assert not any(p.name.startswith("torch") for p in tmp_path.iterdir() if p.is_dir() and p.name != "output")
 
 
+def test_a_multiclass_torch_module_scores_class_vectors_that_spark_evaluators_use(spark, ray_local, tmp_path):
+    """cross_entropy: probability and rawPrediction are C-wide vectors, prediction their argmax, score the
+    probabilities (a 10-class model used to fail at transform, its probabilities read as binary scores)."""
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from sklearn.datasets import load_digits
+
+    from sparkml_ext.ml.torch_estimator import TorchEstimator
+
+    x, y = load_digits(return_X_y=True)
+    df = spark.createDataFrame([(i, Vectors.dense((row / 16.0).tolist()), float(label))
+                                for i, (row, label) in enumerate(zip(x, y, strict=True))], ["id", "features", "label"])
+    est = TorchEstimator(modelFactory="tests.ml.models:mlp", modelKwargs={"inputs": 64, "hidden": 32, "outputs": 10},
+                         loss="cross_entropy", learningRate=0.01, epochs=8, batchSize=64, stagingUri=str(tmp_path))
+    scored = est.fit(df).transform(df)
+    rows = scored.select("prediction", "probability", "rawPrediction", "score", "predicted_label").collect()
+    probability = np.array([r.probability.toArray() for r in rows])
+    raw = np.array([r.rawPrediction.toArray() for r in rows])
+    assert probability.shape == raw.shape == (len(y), 10)
+    np.testing.assert_allclose(probability.sum(axis=1), 1.0, rtol=1e-5)
+    assert [r.prediction for r in rows] == probability.argmax(axis=1).tolist() == raw.argmax(axis=1).tolist()
+    assert [r.predicted_label for r in rows] == [r.prediction for r in rows]
+    np.testing.assert_allclose(np.array([r.score.toArray() for r in rows]), probability)
+    assert MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored) >= 0.9
+
+
 def test_validation_dataframe_is_staged_as_the_validation_channel(cancer_vectors, ray_local, tmp_path):
     from ray_backend import artifact
 
