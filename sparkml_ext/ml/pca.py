@@ -1,4 +1,4 @@
-"""PCA / PCAModel: principal components trained on Ray in one pass (SageMaker's algorithm and hyperparameters).
+"""PCA / PCAModel: principal components trained on Ray (SageMaker's algorithm and hyperparameters).
 
 The model writes the projection to `outputCol` (Spark's PCA convention; default `projection`, SageMaker's name) and
 exposes Spark PCAModel's `pc` and `explainedVariance`. Unlike Spark's PCAModel, the projection subtracts the
