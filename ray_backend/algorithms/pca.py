@@ -9,7 +9,7 @@ CSR input stays sparse throughout (XᵀX and XᵀXΩ are sparse products; the pr
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,6 +18,18 @@ from ray_backend.algorithm import Algorithm, ModelState, TrainContext
 from ray_backend.algorithms.kmeans import row_sq_norms
 
 MODES = ("regular", "randomized")
+
+
+class Pass(NamedTuple):
+    """What one pass over the data gives: allreduced count, mean and trace of A; then either the eigenpairs
+    (rank 0, last pass) or the next pass's test matrix (randomized mode, before the last pass)."""
+
+    n: float
+    mean: np.ndarray
+    trace: float
+    values: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+    next_omega: np.ndarray | None = None
 
 
 def _int(hp: dict[str, Any], key: str, minimum: int, *, allow: tuple[int, ...] = ()) -> None:
@@ -178,8 +190,7 @@ class PCA(Algorithm):
         q, _ = np.linalg.qr(rng.standard_normal((self.feature_dim, self.sketch_size)))
         return q
 
-    def _regular(self, ctx: TrainContext, reader: Any, epoch: int) -> tuple[float, np.ndarray, np.ndarray,
-                                                                             np.ndarray, float]:
+    def _regular(self, ctx: TrainContext, reader: Any, epoch: int) -> Pass:
         moments = Moments(self.feature_dim)
         seen = 0
         for chunk in reader.batches(self.hyperparameters["mini_batch_size"]):
@@ -190,12 +201,12 @@ class PCA(Algorithm):
         n, mean, scatter = combine_moments(ctx.collective, moments)
         if not self.hyperparameters["subtract_mean"]:
             scatter = scatter + n * np.outer(mean, mean)
-        values, vectors = top_eigen(scatter, self.hyperparameters["num_components"]) if ctx.rank == 0 else (
-            np.zeros(0), np.zeros((0, 0)))
-        return n, mean, values, vectors, float(np.trace(scatter))
+        trace = float(np.trace(scatter))
+        if ctx.rank != 0:
+            return Pass(n, mean, trace)
+        return Pass(n, mean, trace, *top_eigen(scatter, self.hyperparameters["num_components"]))
 
-    def _randomized(self, ctx: TrainContext, reader: Any, epoch: int, omega: np.ndarray) -> tuple[
-            float, np.ndarray, np.ndarray, np.ndarray, float]:
+    def _randomized(self, ctx: TrainContext, reader: Any, epoch: int, omega: np.ndarray) -> Pass:
         """One pass: the allreduced sketch AΩ; on the last pass the Nyström eigenpairs, before it the next Ω."""
         d = self.feature_dim
         sketch, total, sq, seen = np.zeros((d, omega.shape[1])), np.zeros(d), 0.0, 0
@@ -217,10 +228,10 @@ class PCA(Algorithm):
             sketch = sketch - n * np.outer(mean, mean @ omega)
             trace = sq - n * float(mean @ mean)
         if epoch < self.epochs - 1:  # every rank holds the same allreduced sketch, so the same next Ω
-            return n, mean, np.zeros(0), np.linalg.qr(sketch)[0], trace
-        values, vectors = nystrom_eigen(sketch, omega, self.hyperparameters["num_components"]) if ctx.rank == 0 \
-            else (np.zeros(0), np.zeros((0, 0)))
-        return n, mean, values, vectors, trace
+            return Pass(n, mean, trace, next_omega=np.linalg.qr(sketch)[0])
+        if ctx.rank != 0:
+            return Pass(n, mean, trace)
+        return Pass(n, mean, trace, *nystrom_eigen(sketch, omega, self.hyperparameters["num_components"]))
 
     def train(self, ctx: TrainContext) -> ModelState:
         """One allreduce per pass, eigendecomposition on rank 0; the model is rank 0's checkpoint (a randomized
@@ -234,26 +245,25 @@ class PCA(Algorithm):
         for epoch in range(ctx.start_epoch, self.epochs):
             t0 = time.perf_counter()
             if hp["algorithm_mode"] == "regular":
-                n, mean, values, vectors, trace = self._regular(ctx, ctx.channels["train"], epoch)
+                done = self._regular(ctx, ctx.channels["train"], epoch)
             else:
-                n, mean, values, vectors, trace = self._randomized(ctx, ctx.channels["train"], epoch, omega)
+                done = self._randomized(ctx, ctx.channels["train"], epoch, omega)
+            n = done.n
             metrics: dict[str, float] = {"epoch": epoch, "records": n, "seconds": time.perf_counter() - t0}
             if n < 2:
                 raise ValueError(f"pca needs at least 2 records, the train channel has {int(n)}")
-            if epoch < self.epochs - 1:
-                omega = vectors
-                metrics["records_per_s"] = n / max(metrics["seconds"], 1e-9)
-                state = ModelState(tensors={"omega": omega}, meta={"epoch": epoch, "records": n})
-                ctx.end_epoch(epoch, metrics, state)
-                continue
-            if ctx.rank == 0:
+            metrics["records_per_s"] = n / max(metrics["seconds"], 1e-9)
+            if done.next_omega is not None:
+                omega = done.next_omega
+                tensors = {"omega": omega}
+            elif done.values is not None:
+                values, trace = done.values, done.trace
                 ratio = values / trace if trace > 0 else np.zeros_like(values)
                 metrics.update(explained_variance=float(ratio.sum()), total_variance=trace / (n - 1.0))
-                tensors = {"v": fix_signs(vectors), "s": np.sqrt(values), "mean": mean,
+                tensors = {"v": fix_signs(done.vectors), "s": np.sqrt(values), "mean": done.mean,
                            "explained_variance_ratio": ratio, "variance": values / (n - 1.0)}
-            else:
+            else:  # ranks other than 0 after the last pass: rank 0's checkpoint is the model
                 tensors = {}
-            metrics["records_per_s"] = n / max(metrics["seconds"], 1e-9)
             state = ModelState(tensors=tensors, meta={"epoch": epoch, "records": n})
             ctx.end_epoch(epoch, metrics, state)
         return state
