@@ -207,6 +207,17 @@ def size_problem(sizes: Counter, column: str) -> str:
             f"differ from the most common size {common} ({detail})")
 
 
+def is_sparse_vector(feat):
+    """A Spark Column expression, true for a non-null sparse Vector, computed in the JVM: a Vector hashes as its
+    struct, and a dense one as {type 1, size null, indices null, values}."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    as_dense = F.struct(F.lit(1).cast("tinyint"), F.lit(None).cast("int"), F.lit(None).cast("array<int>"),
+                        vector_to_array(feat))
+    return F.xxhash64(feat) != F.xxhash64(as_dense)
+
+
 def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict], bool]:
     """Per-partition stats from one JVM-native aggregation (no Arrow transfer), and whether Vector sizes were checked.
 
@@ -231,14 +242,9 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
         row_bytes += per_row
         checked = sample_sparse == 0
         if checked:
-            dense = vector_to_array(feat)
-            dim = F.when(feat.isNotNull(), F.size(dense))
-            # A Vector hashes as its struct: a dense row hashes like {type 1, size null, indices null, values}.
+            dim = F.when(feat.isNotNull(), F.size(vector_to_array(feat)))
             # vector_to_array rejects nulls: CASE WHEN evaluates its branches lazily, in order.
-            as_dense = F.struct(F.lit(1).cast("tinyint"), F.lit(None).cast("int"), F.lit(None).cast("array<int>"),
-                                dense)
-            is_sparse = F.xxhash64(feat) != F.xxhash64(as_dense)
-            sparse_agg = F.sum(F.when(feat.isNull(), 0).when(is_sparse, 1).otherwise(0))
+            sparse_agg = F.sum(F.when(feat.isNull(), 0).when(is_sparse_vector(feat), 1).otherwise(0))
         else:
             dim = F.lit(None).cast("int")
     aggs = [F.count(F.lit(1)).alias("rows")]
