@@ -87,6 +87,12 @@ class Algorithm(ABC):
     def predict(self, features: Any) -> dict[str, np.ndarray]:
         """Predict a 2-D ndarray or scipy CSR batch → {output name: array with one row per record}."""
 
+    def output_widths(self) -> dict[str, int]:
+        """Per output, 0 for one number per record or k for a k-vector, found by predicting one all-zero record
+        (a loaded state's shapes; recorded in model.json so scorers know column types without loading weights)."""
+        out = self.predict(np.zeros((1, self.feature_dim), np.float32))
+        return {name: int(np.shape(value)[1]) if np.ndim(value) == 2 else 0 for name, value in out.items()}
+
 
 def resolve(name: str) -> type[Algorithm]:
     """Find an algorithm class by built-in name or `package.module:Class` path."""

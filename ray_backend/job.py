@@ -196,13 +196,14 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
     timings = {"connect_s": t_connected - t_start, "fit_s": t_fit - t_connected,
                "total_s": time.perf_counter() - t_start}
     algo = algo_cls(plan["hyperparameters"], train_manifest.feature_dim)
+    algo.load_state(state)
     meta = {
         "algorithm": algo_cls.name, "algorithm_path": spec.algorithm, "algorithm_version": algo_cls.version,
         "package_version": __version__, "hyperparameters": plan["hyperparameters"],
         "feature_dim": train_manifest.feature_dim,
         "input_schema": {"sparse": train_manifest.sparse, "dtypes": train_manifest.dtypes,
                          "has_label": train_manifest.has_label},
-        "output_columns": algo.output_columns(), "metrics_history": history,
+        "output_columns": algo.output_columns(), "output_widths": algo.output_widths(), "metrics_history": history,
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
         "workers": spec.num_workers, "backend": spec.backend, "use_gpu": bool(spec.use_gpu),
         "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": snap.get("attempts", 1),

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ray_backend import __version__, artifact
-from ray_backend.algorithm import import_path
+from ray_backend.algorithm import ModelState, import_path
 from ray_backend.algorithms.xgboost import BOOSTER_FILE, XGBoost, booster_params
 from ray_backend.channels import ChannelSpec
 from ray_backend.errors import ChannelError, JobError
@@ -193,6 +195,7 @@ def run_xgboost_job(spec: XGBoostJobSpec,
     booster, state = _final_booster(outcome.booster, plan)
     model_uri = artifact.model_uri(spec.output_uri, plan["job_name"])
     algo = XGBoost(plan["hyperparameters"], plan["feature_dim"])
+    algo.load_state(ModelState(tensors={BOOSTER_FILE: np.frombuffer(booster, np.uint8)}, meta={}))
     train_manifest = Manifest.from_json(plan["manifests"]["train"])
     timings = {"connect_s": t_connected - t_start, "fit_s": t_fit - t_connected}
     meta = {
@@ -201,7 +204,8 @@ def run_xgboost_job(spec: XGBoostJobSpec,
         "feature_dim": plan["feature_dim"],
         "input_schema": {"sparse": train_manifest.sparse, "dtypes": train_manifest.dtypes,
                          "has_label": train_manifest.has_label, "weight_in_features": plan["weight_in_features"]},
-        "output_columns": algo.output_columns(), "metrics_history": outcome.history,
+        "output_columns": algo.output_columns(), "output_widths": algo.output_widths(),
+        "metrics_history": outcome.history,
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
         "workers": spec.num_workers, "backend": plan["engine"], "engine": plan["engine"],
         "use_gpu": bool(spec.use_gpu), "job_name": plan["job_name"], "run_name": plan["run_name"],

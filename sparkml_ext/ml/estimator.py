@@ -243,29 +243,41 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             raise ValueError("this RayModel has no artifactUri; fit an estimator or use RayModel.fromArtifact")
         return artifact.read_meta(self.artifactUri)
 
-    def _output_columns(self, outputs: list[str]) -> list[tuple[str, str, object]]:
-        """(column name, source, Spark type) for every column transform adds. A multiclass algorithm gives
-        `probability` and `rawPrediction` vectors itself (its `score` is then the class-probability vector); for a
-        binary one they are derived from its `score`."""
-        kind = scoring.model_kind(outputs)
-        vec = VectorUDT()
-        multiclass = "probability" in outputs
-        outputs = [o for o in outputs if o not in ("probability", "rawPrediction")]
+    def _output_columns(self, meta: dict) -> list[tuple[str, str, object]]:
+        """(column name, source, Spark type) for every column transform adds: Spark ML's columns from the
+        algorithm's SageMaker-style outputs (a binary classifier that gives only `score` gets probability and
+        rawPrediction derived from it), then those outputs under their own names; vector or number as model.json's
+        output widths say."""
+        outputs = list(meta["output_columns"])
+        widths = self._output_widths(meta)
+        derived = ("probability", "rawPrediction")
         spark_ml = {
-            scoring.CLASSIFIER: [(self.getPredictionCol(), "predicted_label", DoubleType()),
-                                 (self.getProbabilityCol(), "probability", vec),
-                                 (self.getRawPredictionCol(), "rawPrediction", vec)],
-            scoring.REGRESSOR: [(self.getPredictionCol(), "score", DoubleType())],
-            scoring.CLUSTERING: [(self.getPredictionCol(), "closest_cluster", DoubleType())],
+            scoring.CLASSIFIER: [(self.getPredictionCol(), "predicted_label"),
+                                 (self.getProbabilityCol(), "probability"),
+                                 (self.getRawPredictionCol(), "rawPrediction")],
+            scoring.REGRESSOR: [(self.getPredictionCol(), "score")],
+            scoring.CLUSTERING: [(self.getPredictionCol(), "closest_cluster")],
             scoring.PROJECTION: [],
-        }[kind]
-        sagemaker = [(name, name, vec if name == "projection" or (multiclass and name == "score") else DoubleType())
-                     for name in outputs]
-        return [c for c in spark_ml if c[0]] + sagemaker
+        }[scoring.model_kind(outputs)]
+        own = [(name, name) for name in outputs if name not in derived]
+        return [(name, src, VectorUDT() if src in derived or widths.get(src) else DoubleType())
+                for name, src in spark_ml + own if name]
+
+    def _output_widths(self, meta: dict) -> dict[str, int]:
+        """model.json's output widths; an artifact written before they were recorded is loaded once to find them."""
+        if "output_widths" in meta:
+            return meta["output_widths"]
+        from ray_backend.predictor import load_predictor
+
+        return load_predictor(self.artifactUri, s3=self._s3()).output_widths
+
+    def _s3(self) -> storage.S3Options | None:
+        """S3 settings from the environment when the artifact is on an object store."""
+        return storage.S3Options.from_env() if persistence.is_object_store(self.artifactUri) else None
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         meta = self._meta()
-        columns = self._output_columns(list(meta["output_columns"]))
+        columns = self._output_columns(meta)
         existing = set(dataset.columns)
         clash = [name for name, _, _ in columns if name in existing]
         if clash:
@@ -278,8 +290,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         if not (isinstance(ftype, VectorUDT) or (isinstance(ftype, ArrayType) and
                                                  isinstance(ftype.elementType, (DoubleType, FloatType)))):
             raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {ftype}")
-        s3 = dataclasses.asdict(storage.S3Options.from_env()) if persistence.is_object_store(self.artifactUri) else None
-        config = {"artifact_uri": self.artifactUri, "s3": s3, "features_col": feat,
+        s3 = self._s3()
+        config = {"artifact_uri": self.artifactUri, "s3": s3 and dataclasses.asdict(s3), "features_col": feat,
                   "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns]}
         scorers = scoring
         if self.usesEndpoint():
@@ -293,16 +305,15 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
 
     @staticmethod
     def _column_scorer_type(columns) -> StructType:
-        """What a column scorer returns: `valid` plus one field per output column (vectors as array<double>)."""
-        return StructType([StructField(scoring.VALID, BooleanType())] + [
-            StructField(f"c{i}", ArrayType(DoubleType()) if isinstance(t, VectorUDT) else DoubleType())
-            for i, (_, _, t) in enumerate(columns)])
+        """What a column scorer returns: `valid` plus one field per output column."""
+        return StructType([StructField(scoring.VALID, BooleanType())] +
+                          [StructField(f"c{i}", t) for i, (_, _, t) in enumerate(columns)])
 
     def _transform_columnwise(self, dataset: DataFrame, config: dict, columns, ftype, udf) -> DataFrame:
         """Models trained on dense data: an Arrow UDF (in-cluster or endpoint) over vector_to_array, so only the
         features cross into Python (Spark >= 4.1). Sparse-trained models keep the mapInArrow path, which never
         densifies."""
-        from pyspark.ml.functions import array_to_vector, vector_to_array
+        from pyspark.ml.functions import vector_to_array
 
         feat = config["features_col"]
         arr = F.col(feat)
@@ -312,12 +323,7 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         scored = dataset.withColumn(tmp, udf(arr))
         if config["handle_invalid"] == "skip":
             scored = scored.filter(F.col(f"{tmp}.{scoring.VALID}"))
-        def out(i: int, spark_type):
-            col = F.col(f"{tmp}.c{i}")
-            return F.when(col.isNotNull(), array_to_vector(col)) if isinstance(spark_type, VectorUDT) else col
-
-        outs = [out(i, t).alias(n) for i, (n, _, t) in enumerate(columns)]
-        return scored.select(*dataset.columns, *outs)
+        return scored.select(*dataset.columns, *[F.col(f"{tmp}.c{i}").alias(n) for i, (n, _, _) in enumerate(columns)])
 
     def write(self) -> persistence.ModelWriter:
         """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""

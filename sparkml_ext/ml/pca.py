@@ -77,7 +77,7 @@ class PCA(RayEstimator, _PCAParams):
 class PCAModel(RayModel, _PCAParams):
     """A fitted PCA: transform adds `outputCol` (a Vector of num_components); `pc`, `explainedVariance`."""
 
-    def _output_columns(self, outputs: list[str]) -> list[tuple[str, str, object]]:
+    def _output_columns(self, meta: dict) -> list[tuple[str, str, object]]:
         """Only the projection, under outputCol (predictionCol/probabilityCol do not apply to PCA)."""
         return [(self.getOutputCol(), "projection", VectorUDT())]
 

@@ -68,13 +68,6 @@ def _full(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def _list_column(matrix: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """Rows of a 2-D array as list<double> (null where invalid): array_to_vector turns it into Vectors in the JVM."""
-    n, width = matrix.shape
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)), mask=pa.array(~valid))
-
-
 def _output(source: str, outputs: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:
     """One output column for all rows: an algorithm output by name (2-D = vectors), or for binary classifiers
     that only give `score`, Spark ML's probability/rawPrediction derived from it."""
@@ -136,16 +129,16 @@ def append_outputs(cfg: dict, batch: pa.RecordBatch, valid: np.ndarray, outputs:
 
 
 def output_struct(valid: np.ndarray, outputs: list[np.ndarray]) -> pa.StructArray:
-    """The column scorers' result: `valid` plus one field per output (vectors as list<double> for
-    array_to_vector), one row per input row."""
-    arrays = [_list_column(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid) for o in outputs]
+    """The column scorers' result: `valid` plus one field per output (vectors as Spark vector structs), one row per
+    input row."""
+    arrays = [dense_vectors(o, valid) if o.ndim == 2 else pa.array(o, mask=~valid) for o in outputs]
     names = [VALID, *[f"c{i}" for i in range(len(outputs))]]
     return pa.StructArray.from_arrays([pa.array(valid), *arrays], names=names)
 
 
 def make_column_scorer(config: dict) -> Callable[[pa.Array], pa.Array]:
     """Arrow UDF body: features (a float array column) -> struct of outputs plus `valid`; only the features column
-    crosses into Python, and vectors come back as list<double> for array_to_vector."""
+    crosses into Python, and vectors come back as Spark vector structs."""
     text = json.dumps(config)
 
     def score(features: pa.Array) -> pa.Array:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasWeightCol
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DoubleType, NumericType
+from pyspark.sql.types import ArrayType, NumericType
 
 from sparkml_ext.ml.estimator import RayEstimator, RayModel
 from sparkml_ext.ml.params import accessors
@@ -277,16 +276,6 @@ class XGBoostRegressor(_XGBoostEstimator):
 @_CLASSIFIER_PARAMS
 class XGBoostClassificationModel(_XGBoostModel):
     """Outputs prediction, probability, rawPrediction (Spark ML) and score, predicted_label (SageMaker)."""
-
-    def _output_columns(self, outputs: list[str]) -> list[tuple[str, str, object]]:
-        multi = self._meta()["hyperparameters"]["objective"].startswith("multi:")
-        vec = VectorUDT()
-        spark_ml = [(self.getPredictionCol(), "predicted_label", DoubleType()),
-                    (self.getProbabilityCol(), "probability", vec),
-                    (self.getRawPredictionCol(), "rawPrediction", vec)]
-        sagemaker = [("score", "score", vec if multi else DoubleType()),
-                     ("predicted_label", "predicted_label", DoubleType())]
-        return [c for c in spark_ml if c[0]] + sagemaker
 
 
 @_REGRESSOR_PARAMS

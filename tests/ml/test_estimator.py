@@ -56,6 +56,27 @@ def test_pipeline_model_saves_and_loads_with_equal_predictions(cancer, fitted, t
     assert_df_equality(fitted.transform(df).select(cols), loaded.transform(df).select(cols), ignore_row_order=True)
 
 
+def test_column_types_come_from_recorded_output_widths_or_from_loading_an_older_artifact(cancer, fitted, tmp_path):
+    """model.json records each output's width; an artifact from before that field is loaded once to find them."""
+    import json
+    import shutil
+
+    from ray_backend import artifact
+
+    df, _ = cancer
+    model = fitted.stages[-1]
+    assert artifact.read_meta(model.artifactUri)["output_widths"] == {"score": 0, "predicted_label": 0}
+    older = str(tmp_path / "older")
+    shutil.copytree(model.artifactUri, older)
+    with open(f"{older}/model.json") as f:
+        meta = json.load(f)
+    del meta["output_widths"]
+    with open(f"{older}/model.json", "w") as f:
+        json.dump(meta, f)
+    features = fitted.transform(df).drop("prediction", "probability", "rawPrediction", "score", "predicted_label")
+    assert_df_equality(RayModel(older).transform(features), model.transform(features))
+
+
 def test_estimator_params_defaults_copy_and_explain():
     est = RayEstimator(algorithm="linear-sgd", numWorkers=3)
     assert est.getNumWorkers() == 3 and est.getBackend() == "torch" and est.getTrainingInputMode() == "File"
@@ -128,7 +149,10 @@ def test_a_multiclass_torch_module_scores_class_vectors_that_spark_evaluators_us
                                 for i, (row, label) in enumerate(zip(x, y, strict=True))], ["id", "features", "label"])
     est = TorchEstimator(modelFactory="tests.ml.models:mlp", modelKwargs={"inputs": 64, "hidden": 32, "outputs": 10},
                          loss="cross_entropy", learningRate=0.01, epochs=8, batchSize=64, stagingUri=str(tmp_path))
-    scored = est.fit(df).transform(df)
+    model = est.fit(df)
+    assert model._meta()["output_widths"] == {"score": 10, "predicted_label": 0, "probability": 10,
+                                              "rawPrediction": 10}
+    scored = model.transform(df)
     rows = scored.select("prediction", "probability", "rawPrediction", "score", "predicted_label").collect()
     probability = np.array([r.probability.toArray() for r in rows])
     raw = np.array([r.rawPrediction.toArray() for r in rows])

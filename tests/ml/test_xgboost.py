@@ -68,7 +68,8 @@ def test_classifier_matches_single_process_xgboost(fitted, cancer_split):
 
 
 def test_endpoint_transform_equals_in_cluster_from_a_generic_ray_model(fitted, cancer_split):
-    """RayModel.fromArtifact returns the XGBoost model class (its vector columns), in-cluster and via Ray Serve."""
+    """RayModel.fromArtifact returns the XGBoost model class, and a plain RayModel scores the same columns (types
+    from model.json's output widths), in-cluster and via Ray Serve."""
     from ray_backend.serving import endpoint
     from sparkml_ext import RayModel
 
@@ -78,6 +79,7 @@ def test_endpoint_transform_equals_in_cluster_from_a_generic_ray_model(fitted, c
     assert type(generic) is XGBoostClassificationModel
     expected = model.transform(test)
     assert_df_equality(generic.transform(test), expected)
+    assert_df_equality(RayModel(model.artifactUri).transform(test), expected)  # binary: score stays a number
     name = f"xgb-{engine}"
     try:
         hosted = RayModel.fromArtifact(model.artifactUri, endpointName=name).setMaxBatchRecords(64)
