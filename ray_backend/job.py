@@ -197,13 +197,18 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
                "total_s": time.perf_counter() - t_start}
     algo = algo_cls(plan["hyperparameters"], train_manifest.feature_dim)
     algo.load_state(state)
+    try:
+        widths = {"output_widths": algo.output_widths()}
+    except Exception as exc:  # a custom algorithm that cannot score a zero record still keeps its model
+        log.warning("[%s] output widths not recorded: predicting one all-zero record failed: %s", plan["job_name"], exc)
+        widths = {}
     meta = {
         "algorithm": algo_cls.name, "algorithm_path": spec.algorithm, "algorithm_version": algo_cls.version,
         "package_version": __version__, "hyperparameters": plan["hyperparameters"],
         "feature_dim": train_manifest.feature_dim,
         "input_schema": {"sparse": train_manifest.sparse, "dtypes": train_manifest.dtypes,
                          "has_label": train_manifest.has_label},
-        "output_columns": algo.output_columns(), "output_widths": algo.output_widths(), "metrics_history": history,
+        "output_columns": algo.output_columns(), **widths, "metrics_history": history,
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
         "workers": spec.num_workers, "backend": spec.backend, "use_gpu": bool(spec.use_gpu),
         "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": snap.get("attempts", 1),

@@ -27,7 +27,6 @@ class Predictor:
                                                                                  self.feature_dim)
         self.algorithm.load_state(ModelState(tensors=loaded.tensors, meta=meta.get("state", {})))
         self.output_columns = list(meta["output_columns"])
-        self.output_widths = dict(meta.get("output_widths") or self.algorithm.output_widths())
 
     def predict(self, features: Any) -> dict[str, np.ndarray]:
         """Predict one batch (rows = records): ndarray, scipy sparse, or an Arrow vector column."""

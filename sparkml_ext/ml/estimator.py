@@ -269,7 +269,7 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             return meta["output_widths"]
         from ray_backend.predictor import load_predictor
 
-        return load_predictor(self.artifactUri, s3=self._s3()).output_widths
+        return load_predictor(self.artifactUri, s3=self._s3()).algorithm.output_widths()
 
     def _s3(self) -> storage.S3Options | None:
         """S3 settings from the environment when the artifact is on an object store."""

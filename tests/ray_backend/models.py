@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from ray_backend.algorithms.linear import LinearSGD
 
 
 def linear(dim: int) -> torch.nn.Module:
@@ -14,3 +17,12 @@ def linear(dim: int) -> torch.nn.Module:
 def not_a_module(dim: int) -> object:
     """Returns something that is not a Module (for error tests)."""
     return object()
+
+
+class ZeroShySGD(LinearSGD):
+    """linear-sgd whose predict refuses all-zero records: a custom algorithm the output-width probe cannot run."""
+
+    def predict(self, features):
+        if not np.any(np.asarray(features)):
+            raise ValueError("all-zero records are not scored")
+        return super().predict(features)

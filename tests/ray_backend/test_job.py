@@ -51,7 +51,7 @@ def test_two_worker_job_learns_and_writes_the_artifact(linear_job, data, ray_clu
     loaded = artifact.load(res.model_uri)
     meta = loaded.meta
     assert meta["algorithm"] == "linear-sgd" and meta["workers"] == 2 and meta["backend"] == "torch"
-    assert meta["feature_dim"] == 8 and meta["output_columns"] == ["score"]
+    assert meta["feature_dim"] == 8 and meta["output_columns"] == ["score"] and meta["output_widths"] == {"score": 0}
     assert [m["epoch"] for m in meta["metrics_history"]] == [0, 1, 2]
     assert all(m["records"] == 3000 for m in meta["metrics_history"])
     losses = [m["train_loss"] for m in meta["metrics_history"]]
@@ -122,6 +122,16 @@ def test_bad_input_fails_fast_and_names_the_parameter(data, tmp_path, change, er
         run_job(spec)
     assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "bad").exists()  # no Ray run was started
+
+
+def test_a_custom_algorithm_that_cannot_score_a_zero_record_keeps_its_model(ray_cluster, data, caplog):
+    """The output-width probe runs after training: when it fails, the artifact is still written, without widths."""
+    res = run_job(JobSpec(algorithm="tests.ray_backend.models:ZeroShySGD", output_uri=str(data["root"] / "shy"),
+                          train=data["train"], progress=False,
+                          hyperparameters={"epochs": 2, "mini_batch_size": 32, "learning_rate": 0.05}))
+    assert "output_widths" not in res.meta and "output widths not recorded" in caplog.text
+    pred = load_predictor(res.model_uri, cache=False).predict(data["x"])["score"]
+    assert r2(pred, data["y"]) > 0.99
 
 
 def test_too_many_workers_for_a_local_cluster_is_refused(ray_cluster, data):
