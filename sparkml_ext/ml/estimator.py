@@ -119,11 +119,13 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         return dataset, None
 
     def _fit(self, dataset: DataFrame) -> RayModel:
+        from ray_backend.algorithm import resolve
         from ray_backend.channels import ChannelSpec
         from sparkml_ext.staging import channel_uri, delete_job, write_channel
 
         self._check_input(dataset)
         hyperparameters = self._hyperparameters()
+        resolve(self._algorithm()).validate(hyperparameters)  # a bad name or value fails before any staging
         s3 = storage.S3Options.from_env()  # one source of S3 settings for staging, the Ray job and cleanup
         self._check_initial_model(s3)
         staging = self.getStagingUri() or tempfile.mkdtemp(prefix="sparkml-ext-")
@@ -332,3 +334,26 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
     @classmethod
     def read(cls) -> persistence.ModelReader:
         return persistence.ModelReader(cls)
+
+
+class BuiltinEstimator(RayEstimator):
+    """A built-in algorithm's estimator: the algorithm is fixed by the class (`_builtin`, and `_predictor_type` where
+    one algorithm serves several estimators), its hyperparameters come from SageMaker-named Params."""
+
+    _builtin = ""
+    _predictor_type = ""
+
+    def __init__(self, **params):
+        super().__init__()
+        self._setDefault(algorithm=self._builtin)
+        self._set_params(params)
+
+    def _hyperparameters(self) -> dict:
+        """The typed (SageMaker-named) Params, overridden by anything in the raw `hyperparameters` dict; the
+        estimator class's predictor_type always."""
+        hp = {**self._typed_hyperparameters(), **super()._hyperparameters()}
+        return {**hp, "predictor_type": self._predictor_type} if self._predictor_type else hp
+
+    def _typed_hyperparameters(self) -> dict:
+        return self.sagemakerHyperparameters()
+

@@ -3,9 +3,7 @@ names (`num_factors`, `factors_lr`, ...) and sagemaker-pyspark's camelCase acces
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
-
-from sparkml_ext.ml.estimator import RayEstimator, RayModel
+from sparkml_ext.ml.estimator import BuiltinEstimator, RayModel
 from sparkml_ext.ml.sagemaker_params import (
     AUTO,
     Hyperparameter,
@@ -63,26 +61,10 @@ class FactorizationMachinesModel(RayModel, FactorizationMachinesParams):
     (binary), plus Spark ML's prediction/probability/rawPrediction columns."""
 
 
-class _FactorizationMachines(RayEstimator, FactorizationMachinesParams):
-    """Shared by both estimators: hyperparameters from Params, checked before any staging."""
+class _FactorizationMachines(BuiltinEstimator, FactorizationMachinesParams):
+    """Shared by both estimators."""
 
-    _predictor_type = ""
-
-    def __init__(self, **params):
-        super().__init__()
-        self._setDefault(algorithm="factorization-machines")
-        self._set_params(params)
-
-    def _hyperparameters(self) -> dict:
-        return {**super()._hyperparameters(), **self.sagemakerHyperparameters(),
-                "predictor_type": self._predictor_type}
-
-    def _fit(self, dataset: DataFrame) -> FactorizationMachinesModel:
-        from ray_backend.algorithms.factorization_machines import FactorizationMachines
-
-        self._check_input(dataset)
-        FactorizationMachines.validate(self._hyperparameters())
-        return super()._fit(dataset)
+    _builtin = "factorization-machines"
 
     @classmethod
     def _model_class(cls) -> type[RayModel]:

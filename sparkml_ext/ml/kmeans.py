@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkml_ext.ml.estimator import RayEstimator, RayModel
+from sparkml_ext.ml.estimator import BuiltinEstimator, RayModel
 from sparkml_ext.ml.sagemaker_params import AUTO, Hyperparameter, SageMakerHyperparameters, declare, one_of, ranged
 
 INIT_METHODS = ("random", "kmeans++")
@@ -105,21 +105,16 @@ class _KMeansParams(SageMakerHyperparameters):
         return self._set(half_life_time_size=value)
 
 
-class KMeans(RayEstimator, _KMeansParams):
+class KMeans(BuiltinEstimator, _KMeansParams):
     """Streaming k-means on Ray (SageMaker's algorithm and hyperparameters); features only, no label."""
 
+    _builtin = "kmeans"
     _needs_label = False
 
-    def __init__(self, **params):
-        super().__init__()
-        self._setDefault(algorithm="kmeans")
-        self._set_params(params)
-
-    def _hyperparameters(self) -> dict:
-        """The typed Params (seed included), overridden by anything in the raw `hyperparameters` dict."""
+    def _typed_hyperparameters(self) -> dict:
         hp = self.sagemakerHyperparameters()
         hp["eval_metrics"] = [t.strip() for t in hp["eval_metrics"].strip("[]").split(",")]
-        return {**hp, "seed": self.getSeed(), **super()._hyperparameters()}
+        return {**hp, "seed": self.getSeed()}
 
     @classmethod
     def _model_class(cls) -> type[KMeansModel]:

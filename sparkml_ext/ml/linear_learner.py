@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from sparkml_ext.ml.estimator import RayEstimator, RayModel
+from sparkml_ext.ml.estimator import BuiltinEstimator, RayModel
 from sparkml_ext.ml.sagemaker_params import (
     AUTO,
     Hyperparameter,
@@ -112,26 +112,10 @@ class LinearLearnerModel(RayModel, LinearLearnerParams):
     multiclass: `score` is the class-probability vector; regressor: `score`; plus Spark ML's columns."""
 
 
-class _LinearLearner(RayEstimator, LinearLearnerParams):
-    """Shared by the three Linear Learner estimators: hyperparameters from Params, checked before any staging."""
+class _LinearLearner(BuiltinEstimator, LinearLearnerParams):
+    """Shared by the three Linear Learner estimators."""
 
-    _predictor_type = ""
-
-    def __init__(self, **params):
-        super().__init__()
-        self._setDefault(algorithm="linear-learner")
-        self._set_params(params)
-
-    def _hyperparameters(self) -> dict:
-        return {**super()._hyperparameters(), **self.sagemakerHyperparameters(),
-                "predictor_type": self._predictor_type}
-
-    def _fit(self, dataset: DataFrame) -> LinearLearnerModel:
-        from ray_backend.algorithms.linear_learner import LinearLearner
-
-        self._check_input(dataset)
-        LinearLearner.validate(self._hyperparameters())
-        return super()._fit(dataset)
+    _builtin = "linear-learner"
 
     @classmethod
     def _model_class(cls) -> type[RayModel]:

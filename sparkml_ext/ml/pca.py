@@ -9,7 +9,7 @@ from __future__ import annotations
 from pyspark.ml.linalg import DenseMatrix, DenseVector, VectorUDT
 from pyspark.ml.param.shared import HasOutputCol
 
-from sparkml_ext.ml.estimator import RayEstimator, RayModel
+from sparkml_ext.ml.estimator import BuiltinEstimator, RayModel
 from sparkml_ext.ml.sagemaker_params import Hyperparameter, SageMakerHyperparameters, boolean, declare, one_of, ranged
 
 MODES = ("regular", "randomized")
@@ -55,19 +55,14 @@ class _PCAParams(SageMakerHyperparameters, HasOutputCol):
         return self._set(outputCol=value)
 
 
-class PCA(RayEstimator, _PCAParams):
+class PCA(BuiltinEstimator, _PCAParams):
     """PCA on Ray (SageMaker's algorithm and hyperparameters; one pass unless power_iterations); features only."""
 
+    _builtin = "pca"
     _needs_label = False
 
-    def __init__(self, **params):
-        super().__init__()
-        self._setDefault(algorithm="pca")
-        self._set_params(params)
-
-    def _hyperparameters(self) -> dict:
-        """The typed Params (seed included), overridden by anything in the raw `hyperparameters` dict."""
-        return {**self.sagemakerHyperparameters(), "seed": self.getSeed(), **super()._hyperparameters()}
+    def _typed_hyperparameters(self) -> dict:
+        return {**self.sagemakerHyperparameters(), "seed": self.getSeed()}
 
     @classmethod
     def _model_class(cls) -> type[PCAModel]:

@@ -35,9 +35,10 @@ class TorchEstimator(RayEstimator):
         self._set_params(params)
 
     def _hyperparameters(self) -> dict:
+        """The typed Params as the torch algorithm's hyperparameters, overridden by the raw `hyperparameters` dict."""
         if not self.isDefined(self.modelFactory):
             raise ValueError("TorchEstimator needs modelFactory ('package.module:factory')")
         return {"module": self.getModelFactory(), "module_kwargs": self.getModelKwargs(), "loss": self.getLoss(),
                 "optimizer": self.getOptimizer(), "learning_rate": self.getLearningRate(),
                 "momentum": self.getMomentum(), "weight_decay": self.getWeightDecay(), "epochs": self.getEpochs(),
-                "batch_size": self.getBatchSize()}
+                "batch_size": self.getBatchSize(), **super()._hyperparameters()}

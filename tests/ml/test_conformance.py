@@ -110,6 +110,15 @@ def test_estimator_saves_and_loads_its_params(case, tmp_path):
     assert Pipeline(stages=[est]).getStages()[0] is est
 
 
+def test_an_unknown_hyperparameter_fails_before_any_job(case, cancer_vectors, tmp_path):
+    est, _, _ = case
+    raw = {**est.getOrDefault(est.hyperparameters), "no_such_hyperparameter": 1}
+    est = est.copy({est.stagingUri: str(tmp_path / "never"), est.hyperparameters: raw})
+    with pytest.raises(ValueError, match="no_such_hyperparameter"):
+        est.fit(cancer_vectors)
+    assert not (tmp_path / "never").exists()
+
+
 def test_bad_input_fails_before_any_job(case, spark, tmp_path):
     est, _, _ = case
     est = est.copy({est.stagingUri: str(tmp_path / "never")})

@@ -192,7 +192,7 @@ def test_initial_model_uri_warm_starts_the_next_fit(cancer_vectors, ray_local, t
     assert meta["warm_start_from"] == first.artifactUri and first_meta["warm_start_from"] is None
     assert meta["metrics_history"][0]["train_loss"] < first_meta["metrics_history"][0]["train_loss"]
     with pytest.raises(ValueError, match="holds a 'linear-sgd' model; this estimator trains 'kmeans'"):
-        RayEstimator(algorithm="kmeans", initialModelUri=first.artifactUri,
+        RayEstimator(algorithm="kmeans", hyperparameters={"k": 2}, initialModelUri=first.artifactUri,
                      stagingUri=str(tmp_path / "never")).fit(cancer_vectors)
     assert not (tmp_path / "never").exists()
 

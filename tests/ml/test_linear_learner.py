@@ -107,6 +107,8 @@ def test_sagemaker_names_with_camel_case_accessors():
     for name in ("mini_batch_size", "num_models", "target_recall", "early_stopping_patience", "normalize_data"):
         assert est.hasParam(name) and name in est.explainParams()
     assert LinearLearnerMultiClassClassifier().getNumClasses() == "auto"
+    raw = est.copy({est.hyperparameters: {"epochs": 2, "predictor_type": "regressor"}})._hyperparameters()
+    assert raw["epochs"] == 2 and raw["predictor_type"] == "binary_classifier"  # the raw dict wins, but not the class
     with pytest.raises(ValueError, match="learning_rate must be in"):
         est.setLearningRate(-0.5)
     with pytest.raises(ValueError, match="num_models must be in"):
