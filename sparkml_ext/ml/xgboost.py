@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, NumericType
 
-from sparkml_ext.ml.estimator import RayEstimator, RayModel
+from sparkml_ext.ml.estimator import BuiltinEstimator, RayEstimator, RayModel
 from sparkml_ext.ml.params import accessors
 from sparkml_ext.ml.sagemaker_params import Hyperparameter, SageMakerHyperparameters, declare, one_of, ranged
 
@@ -92,21 +92,17 @@ class _XGBoostParams(SageMakerHyperparameters, HasWeightCol):
         return self._set(weightCol=value)
 
 
-class _XGBoostEstimator(RayEstimator, _XGBoostParams):
+class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
     """Shared fit logic: input checks before any Spark or Ray job, the weight column, the XGBoost job."""
 
+    _builtin = "xgboost"
     _classifier = False
     _weighted = False
 
-    def __init__(self, **params):
-        super().__init__()
-        self._setDefault(algorithm="xgboost")
-        self._set_params(params)
-
-    def _hyperparameters(self) -> dict:
-        """The typed Params (seed included) minus unset sentinels, overridden by the raw `hyperparameters` dict."""
+    def _typed_hyperparameters(self) -> dict:
+        """The typed Params (seed included) minus unset sentinels."""
         hp = {k: v for k, v in self.sagemakerHyperparameters().items() if _UNSET.get(k, object()) != v}
-        return {**hp, "seed": self.getSeed(), **super()._hyperparameters()}
+        return {**hp, "seed": self.getSeed()}
 
     def _weight_col(self) -> str | None:
         return self.getWeightCol() if self.isDefined(self.weightCol) and self.getWeightCol() else None
