@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Any
 
 _HOST_PORT = re.compile(r"^(ray://)?[^:/\s]+:\d+$")
 _EXPECTED = "'local', 'auto', 'host:port' or 'ray://host:port'"
+_CONNECT_LOCK = threading.Lock()  # concurrent fits (CrossValidator parallelism) must not both call ray.init
 
 
 def validate_address(address: str) -> str:
@@ -33,18 +35,47 @@ def connect(address: str = "local", *, num_cpus: int | None = None, num_gpus: in
     address = validate_address(address)
     import ray
 
-    if ray.is_initialized():
+    with _CONNECT_LOCK:
+        if ray.is_initialized():
+            return dict(ray.cluster_resources())
+        kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
+        if runtime_env:
+            kwargs["runtime_env"] = runtime_env
+        if address == "local":
+            # address="local" always starts a new embedded Ray, even if a cluster is running on this machine.
+            _start_embedded(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, **kwargs)
+        else:
+            if num_cpus is not None or num_gpus is not None:
+                raise ValueError("num_cpus/num_gpus size an embedded cluster; they cannot be set with address="
+                                 f"{address!r}")
+            kwargs.pop("include_dashboard")
+            ray.init(address=address, **kwargs)
         return dict(ray.cluster_resources())
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
-    if runtime_env:
-        kwargs["runtime_env"] = runtime_env
-    if address == "local":
-        # address="local" always starts a new embedded Ray, even if a cluster is running on this machine.
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, **kwargs)
-    else:
-        if num_cpus is not None or num_gpus is not None:
-            raise ValueError("num_cpus/num_gpus size an embedded cluster; they cannot be set with address="
-                             f"{address!r}")
-        kwargs.pop("include_dashboard")
-        ray.init(address=address, **kwargs)
-    return dict(ray.cluster_resources())
+
+
+def _start_embedded(**init_kwargs: Any) -> None:
+    """ray.init that starts Ray's own processes, called from a thread that lives as long as the process.
+
+    Ray binds its head processes to the thread that starts them (Linux PR_SET_PDEATHSIG fires when that *thread*
+    ends), so an embedded Ray started by a short-lived caller (a CrossValidator pool thread) would die with it.
+    """
+    import ray
+
+    if threading.current_thread() is threading.main_thread():
+        ray.init(**init_kwargs)
+        return
+    outcome: dict[str, BaseException] = {}
+    started = threading.Event()
+
+    def run() -> None:
+        try:
+            ray.init(**init_kwargs)
+        except BaseException as exc:  # re-raised on the calling thread
+            outcome["error"] = exc
+        started.set()
+        threading.Event().wait()  # keep this thread, and so Ray's processes, alive until the process exits
+
+    threading.Thread(target=run, name="ray-embedded", daemon=True).start()
+    started.wait()
+    if "error" in outcome:
+        raise outcome["error"]

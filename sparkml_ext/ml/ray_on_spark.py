@@ -3,13 +3,15 @@
 Ray on Spark launches node processes with `<python> $(which ray) start ...` and, since Ray 2.59, with token
 authentication on the head node. Its start hook is the one place whose environment reaches both the head and the
 worker nodes started inside Spark tasks, so this module passes the interpreter's bin dir (where a virtualenv keeps
-the `ray` script) and a per-cluster token through it."""
+the `ray` script) and a per-process token through it (Ray's driver keeps the first token it reads, so every
+cluster this process starts uses the same one)."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,10 +19,14 @@ from ray.util.spark.start_hook_base import RayOnSparkStartHook
 
 _HOOK_ENV = "RAY_ON_SPARK_START_HOOK"
 _AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+# Ray allows one Ray-on-Spark cluster per application, and this module swaps process-wide state (environment,
+# the driver's Ray connection): concurrent fits (CrossValidator parallelism) take turns.
+_ONE_AT_A_TIME = threading.Lock()
+_TOKEN = secrets.token_hex(32)
 
 
 class NodeEnvironmentHook(RayOnSparkStartHook):
-    """Gives every Ray node of the cluster the driver's `ray` script on PATH and the cluster's auth token."""
+    """Gives every Ray node of the cluster the driver's `ray` script on PATH and the auth token."""
 
     def __init__(self, is_global: bool = False):  # Ray builds custom hooks without arguments
         super().__init__(is_global)
@@ -33,7 +39,15 @@ class NodeEnvironmentHook(RayOnSparkStartHook):
 
 @contextmanager
 def ray_on_spark(spark, max_worker_nodes: int | None = None) -> Iterator[str]:
-    """Yield the address of a Ray cluster running inside `spark`'s application; shut it down afterwards."""
+    """Yield the address of a Ray cluster running inside `spark`'s application; shut it down afterwards. Concurrent
+    callers in one process wait for each other."""
+    with _ONE_AT_A_TIME:
+        with _cluster(spark, max_worker_nodes) as address:
+            yield address
+
+
+@contextmanager
+def _cluster(spark, max_worker_nodes: int | None) -> Iterator[str]:
     import ray
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
 
@@ -43,10 +57,11 @@ def ray_on_spark(spark, max_worker_nodes: int | None = None) -> Iterator[str]:
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     os.environ[_HOOK_ENV] = f"{__name__}.{NodeEnvironmentHook.__name__}"
     os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = saved["RAY_AUTH_TOKEN"] or secrets.token_hex(32)
+    os.environ["RAY_AUTH_TOKEN"] = saved["RAY_AUTH_TOKEN"] or _TOKEN
     _refresh_ray_config()
     workers = max_worker_nodes or spark.sparkContext.defaultParallelism
     try:
+        _make_active(spark)
         address, _ = setup_ray_cluster(max_worker_nodes=workers, min_worker_nodes=workers)
         try:
             yield address
@@ -61,6 +76,17 @@ def ray_on_spark(spark, max_worker_nodes: int | None = None) -> Iterator[str]:
             else:
                 os.environ[key] = value
         _refresh_ray_config()
+
+
+def _make_active(spark) -> None:
+    """Ray on Spark finds its session with `SparkSession.getActiveSession()`, which is per thread: a fit on another
+    thread (CrossValidator's pool) has none until `spark` is made active there."""
+    from pyspark.sql import SparkSession
+
+    if SparkSession.getActiveSession() is None:
+        jvm = spark.sparkContext._jvm
+        getter = getattr(SparkSession, "_get_j_spark_session_class", None)  # Spark >= 4: the classic session class
+        (getter(jvm) if getter else jvm.org.apache.spark.sql.SparkSession).setActiveSession(spark._jsparkSession)
 
 
 def _refresh_ray_config() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 
 def main() -> None:
@@ -35,8 +36,14 @@ def main() -> None:
 
     meta = artifact.read_meta(model.artifactUri)
     auc = BinaryClassificationEvaluator().evaluate(model.transform(df))
+    # What CrossValidator(parallelism=2) does: two fits on two threads, each wanting its own Ray on Spark.
+    fits = est.fitMultiple(df, [{est.numWorkers: 1}, {est.numWorkers: 2}])
+    with ThreadPoolExecutor(2) as pool:
+        concurrent = dict(pool.map(lambda _: next(fits), range(2)))
     print(json.dumps({
         "auc": auc, "workers": meta["workers"], "ray_connected_after": ray.is_initialized(),
+        "concurrent": {i: [artifact.read_meta(m.artifactUri)["workers"],
+                           BinaryClassificationEvaluator().evaluate(m.transform(df))] for i, m in concurrent.items()},
         "ray_on_spark_cluster_after": cluster_init._active_ray_cluster is not None,
         "env_restored": env_before == {k: os.environ.get(k) for k in env_before},
         "spark_jobs_after": spark.sparkContext.statusTracker().getActiveJobsIds(),

@@ -25,8 +25,8 @@ def _grid(est):
 
 def test_cross_validator_picks_the_better_param_map(prepared, tmp_path):
     est = RayEstimator(algorithm="linear-sgd", stagingUri=str(tmp_path))
-    cv = CrossValidator(estimator=est, estimatorParamMaps=_grid(est), numFolds=2, seed=1,
-                        evaluator=BinaryClassificationEvaluator())
+    cv = CrossValidator(estimator=est, estimatorParamMaps=_grid(est), numFolds=2, seed=1, parallelism=2,
+                        evaluator=BinaryClassificationEvaluator())  # two fits at a time: staging and Ray jobs overlap
     model = cv.fit(prepared)
     assert len(model.avgMetrics) == 2 and model.avgMetrics[1] > model.avgMetrics[0]
     assert isinstance(model.bestModel, RayModel)

@@ -37,13 +37,18 @@ def test_connect_reuses_the_live_connection(ray_cluster):
 
 
 @pytest.mark.slow
-def test_embedded_local_ray_is_sized_to_the_machine_and_stops_with_the_process():
+def test_embedded_local_ray_is_started_once_sized_to_the_machine_and_stops_with_the_process():
     code = textwrap.dedent("""
         import os, sys
+        from concurrent.futures import ThreadPoolExecutor
         from ray_backend.cluster import connect
         assert "ray" not in sys.modules
-        res = connect("local")
+        with ThreadPoolExecutor(4) as pool:  # concurrent first fits (CrossValidator parallelism): one ray.init
+            res, *others = pool.map(lambda _: connect("local"), range(4))
         import ray
+        assert all(o == res for o in others)
+        # Ray outlives the threads that started it (its processes die with the thread that spawned them)
+        assert ray.get(ray.remote(lambda: 7).remote(), timeout=60) == 7
         again = connect("local")
         node = ray._private.worker._global_node
         pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
