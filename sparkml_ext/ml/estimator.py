@@ -317,12 +317,15 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         densifies."""
         from pyspark.ml.functions import vector_to_array
 
-        feat = config["features_col"]
-        arr = F.col(feat)
-        if isinstance(ftype, VectorUDT):  # vector_to_array refuses nulls: keep them null for handleInvalid
-            arr = F.when(arr.isNotNull(), vector_to_array(arr, "float32"))
+        feat = F.col(config["features_col"])
+        # vector_to_array refuses nulls: keep them null for handleInvalid
+        arr = F.when(feat.isNotNull(), vector_to_array(feat, "float32") if isinstance(ftype, VectorUDT) else feat)
         tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
-        scored = dataset.withColumn(tmp, udf(arr))
+        # The UDF reads its input from a projection of its own, referenced twice so that Spark's optimizer keeps it:
+        # an Arrow UDF straight over a columnar scan (Parquet) takes Spark 4.3's columnar-input path, which converts
+        # every scanned column to Arrow and fails on Vector (UDT) columns.
+        staged = dataset.withColumn(f"{tmp}_in", arr)
+        scored = staged.withColumn(tmp, udf(F.when(F.col(f"{tmp}_in").isNotNull(), F.col(f"{tmp}_in"))))
         if config["handle_invalid"] == "skip":
             scored = scored.filter(F.col(f"{tmp}.{scoring.VALID}"))
         return scored.select(*dataset.columns, *[F.col(f"{tmp}.c{i}").alias(n) for i, (n, _, _) in enumerate(columns)])

@@ -45,6 +45,25 @@ def test_rows_and_order_are_kept_and_extra_columns_pass_through(cancer, fitted):
     assert [r.id for r in fitted.transform(df).select("id").collect()] == ids
 
 
+def test_dataframes_read_from_parquet_and_from_a_file_stream_score_like_in_memory_ones(spark, cancer, fitted,
+                                                                                       tmp_path):
+    """Vector columns coming off a columnar scan: Spark 4.3 fails an Arrow UDF that reads straight from one."""
+    df, _ = cancer
+    model = fitted.stages[-1]
+    vectors = PipelineModel(stages=fitted.stages[:-1]).transform(df).select("id", "raw", "features", "label")
+    path = str(tmp_path / "vectors")
+    vectors.write.parquet(path)
+    expected = model.transform(vectors)
+    assert_df_equality(model.transform(spark.read.parquet(path)), expected, ignore_row_order=True)
+    query = (model.transform(spark.readStream.schema(vectors.schema).parquet(path)).writeStream.format("memory")
+             .queryName("scored_stream").start())
+    try:
+        query.processAllAvailable()
+    finally:
+        query.stop()
+    assert_df_equality(spark.table("scored_stream"), expected, ignore_row_order=True)
+
+
 def test_pipeline_model_saves_and_loads_with_equal_predictions(cancer, fitted, tmp_path):
     df, _ = cancer
     path = str(tmp_path / "pipeline")
