@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-stamp_src=$(cat requirements/constraints.txt setup.cfg pyproject.toml scripts/setup-env.sh scripts/build-horovod.sh \
+stamp_src=$(cat requirements/constraints.txt requirements/spark35.txt setup.cfg pyproject.toml scripts/setup-env.sh scripts/build-horovod.sh \
   | sha256sum | cut -c1-16)
 if [ -f .venv/.stamp ] && [ "$(cat .venv/.stamp)" = "$stamp_src" ]; then
   exit 0
@@ -15,6 +15,9 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # torch first, pinned: the CPU wheel on local disk; anything wider downloads a CUDA build.
 "${pip[@]}" torch==2.13.0 -c requirements/constraints.txt
 "${pip[@]}" -c requirements/constraints.txt -e '.[dev,xgboost-ray]'
+# Spark 3.5 beside Spark 4, for the compatibility test only (tests/test_spark35.py layers it over .venv).
+rm -rf .venv/spark35
+"${pip[@]}" --no-deps --target .venv/spark35 -r requirements/spark35.txt
 # Horovod's backend is tested in CI: patched build from source (a few minutes, once per .venv).
 bash scripts/build-horovod.sh .venv/bin/python
 echo "$stamp_src" > .venv/.stamp

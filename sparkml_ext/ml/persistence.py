@@ -9,12 +9,19 @@ from __future__ import annotations
 import importlib
 from urllib.parse import urlparse
 
+import pyspark
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, MLWriter
 
 from recordio import storage
 
 ARTIFACT_DIR = "artifact"
 _METADATA_FILE = "metadata/part-00000"
+
+
+def _spark_handle(spark):
+    """What Spark's metadata helpers take: a SparkSession on Spark >= 4 (also under Spark Connect), a SparkContext
+    on Spark 3.5, whose helpers call `sc.parallelize`."""
+    return spark if int(pyspark.__version__.split(".")[0]) >= 4 else spark.sparkContext
 
 
 def is_object_store(path: str) -> bool:
@@ -49,14 +56,14 @@ def _save_metadata(instance, path: str, spark) -> None:
 
     params = {p.name: v for p, v in instance._paramMap.items() if not isinstance(v, DataFrame)}
     if not is_object_store(path):
-        DefaultParamsWriter.saveMetadata(instance, path, spark, paramMap=params)
+        DefaultParamsWriter.saveMetadata(instance, path, _spark_handle(spark), paramMap=params)
         return
     import pyarrow.fs as pafs
 
     fs, base = storage.resolve(path)
     if fs.get_file_info(f"{base}/{_METADATA_FILE}").type != pafs.FileType.NotFound:
         raise OSError(f"path {path!r} already exists; use write().overwrite().save(path)")
-    text = DefaultParamsWriter._get_metadata_to_save(instance, spark, None, params)
+    text = DefaultParamsWriter._get_metadata_to_save(instance, _spark_handle(spark), None, params)
     fs.create_dir(f"{base}/metadata")
     with fs.open_output_stream(f"{base}/{_METADATA_FILE}") as f:
         f.write(text.encode() + b"\n")
@@ -66,7 +73,7 @@ def _save_metadata(instance, path: str, spark) -> None:
 
 def _load_metadata(path: str, spark) -> dict:
     if not is_object_store(path):
-        return DefaultParamsReader.loadMetadata(path, spark)
+        return DefaultParamsReader.loadMetadata(path, _spark_handle(spark))
     fs, base = storage.resolve(path)
     try:
         with fs.open_input_stream(f"{base}/{_METADATA_FILE}") as f:
