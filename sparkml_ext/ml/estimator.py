@@ -101,6 +101,10 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
                 raise TypeError(f"labelCol {label!r}{what} must be numeric; got {fields[label]}")
         if what:
             return
+        if self.getRayAddress() == "spark":
+            from sparkml_ext.ml.ray_on_spark import check_session
+
+            check_session(dataset.sparkSession)
         if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol() not in fields:
             raise ValueError(f"validationIndicatorCol {self.getValidationIndicatorCol()!r} not found")
         if self.isDefined(self.validationData):

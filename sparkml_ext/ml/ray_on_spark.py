@@ -37,6 +37,16 @@ class NodeEnvironmentHook(RayOnSparkStartHook):
         return env
 
 
+def check_session(spark) -> None:
+    """Fail before any staging where Ray on Spark cannot start: it needs the driver's JVM, which a Spark Connect
+    client does not have."""
+    if type(spark).__module__.startswith("pyspark.sql.connect"):
+        raise ValueError(
+            "rayAddress='spark' starts Ray inside the Spark application through the driver's JVM, which a Spark "
+            "Connect session cannot reach; start Ray beside Spark and set rayAddress to 'auto', 'host:port' or "
+            "'ray://host:10001' (or use a classic SparkSession)")
+
+
 @contextmanager
 def ray_on_spark(spark, max_worker_nodes: int | None = None) -> Iterator[str]:
     """Yield the address of a Ray cluster running inside `spark`'s application; shut it down afterwards. Concurrent
