@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ray_backend import __version__, artifact
+from ray_backend import __version__, artifact, progress
 from ray_backend.algorithm import ModelState, TrainContext, resolve
 from ray_backend.channels import ChannelReader, ChannelSpec, load_manifest
 from ray_backend.cluster import connect, validate_address
@@ -165,9 +165,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_backend import progress as progress_mod
-
-    actor = progress_mod.make_actor(plan, plan["epochs"], spec.num_workers, train_manifest.records)
+    actor = progress.make_actor(plan, plan["epochs"], spec.num_workers, train_manifest.records)
     fs, ray_path = storage.resolve(storage.join(spec.output_uri, plan["job_name"], "ray"), spec.s3)
     scaling = ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                             resources_per_worker=spec.resources_per_worker,
@@ -179,9 +177,9 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
                            run_config=run_config, torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"))
     for key, value in _RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
-    printer = progress_mod.Printer(plan["job_name"], enabled=spec.progress)
+    printer = progress.Printer(plan["job_name"], enabled=spec.progress)
     try:
-        result, snap = progress_mod.watch(trainer.fit, actor, printer, on_progress)
+        result, snap = progress.watch(trainer.fit, actor, printer, on_progress)
     except Exception as exc:
         raise JobError(f"job {plan['job_name']!r} failed: {exc}") from exc
     t_fit = time.perf_counter()
@@ -246,6 +244,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     s3 = storage.S3Options(**plan["s3"]) if plan["s3"] else None
     actor = ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1])
+    if rank == 0:
+        progress.register_run(plan)
 
     device = "cpu"
     if plan["use_gpu"]:

@@ -28,6 +28,13 @@ class ProgressState:
         self.loss: float | None = None
         self.last_rate = 0.0  # records/s of the last finished epoch, shown until the next one has records
         self.history: list[dict[str, float]] = []
+        self.run_handle: Any = None  # an actor whose abort() stops the job (Ray Train's controller), once known
+
+    def set_run_handle(self, handle: Any) -> None:
+        self.run_handle = handle
+
+    def get_run_handle(self) -> Any:
+        return self.run_handle
 
     def worker_started(self, rank: int, pid: int, node: str, start_epoch: int) -> None:
         if rank == 0:
@@ -126,7 +133,7 @@ class Printer:
 def watch(run: Callable[[], Any], actor: Any, printer: Printer,
           on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, dict[str, Any]]:
     """Call `run()` on a thread while showing the actor's snapshots; return (its result, the last snapshot), or
-    raise what it raised. The actor is killed afterwards."""
+    raise what it raised. Ctrl-C stops the Ray job too (see `_abort`). The actor is killed afterwards."""
     import ray
 
     outcome: dict[str, Any] = {}
@@ -139,25 +146,75 @@ def watch(run: Callable[[], Any], actor: Any, printer: Printer,
 
     thread = threading.Thread(target=target, name=f"job-{printer.job}", daemon=True)
     thread.start()
-    snap: dict[str, Any] = {}
     try:
-        while thread.is_alive():
-            thread.join(0.5)
-            try:
-                snap = ray.get(actor.snapshot.remote(), timeout=10)
-            except Exception:  # progress is best-effort; the job's outcome decides
-                continue
-            printer.show(snap)
-            if on_progress is not None:
-                on_progress(snap)
-        try:
-            snap = ray.get(actor.snapshot.remote(), timeout=10)
-            printer.show(snap)
-        except Exception:
-            pass
+        snap = _follow(thread, actor, printer, on_progress)
+    except KeyboardInterrupt:
+        _abort(thread, actor, printer.job)
+        raise
     finally:
         printer.close()
         ray.kill(actor)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"], snap
+
+
+def _follow(thread: threading.Thread, actor: Any, printer: Printer,
+            on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Show snapshots until the job's thread ends; return the last one."""
+    import ray
+
+    snap: dict[str, Any] = {}
+    while thread.is_alive():
+        thread.join(0.5)
+        try:
+            snap = ray.get(actor.snapshot.remote(), timeout=10)
+        except Exception:  # progress is best-effort; the job's outcome decides
+            continue
+        printer.show(snap)
+        if on_progress is not None:
+            on_progress(snap)
+    try:
+        snap = ray.get(actor.snapshot.remote(), timeout=10)
+        printer.show(snap)
+    except Exception:
+        pass
+    return snap
+
+
+def _abort(thread: threading.Thread, actor: Any, job: str, wait_s: float = 60.0) -> None:
+    """Stop the Ray Train run behind an interrupted call. Ray Train installs no SIGINT handler when its fit runs on
+    a thread (on the main thread it installs one that outlives the fit), and Ctrl-C ends the thread's wait on the
+    controller, not the run: without this the job would go on training. The controller's handle is what rank 0
+    registered; before the workers start there is none yet, so wait for it (a second Ctrl-C stops waiting)."""
+    import ray
+
+    log.warning("interrupted: aborting Ray job %s", job)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        handle = ray.get(actor.get_run_handle.remote(), timeout=10)
+        if handle is None:
+            time.sleep(0.5)
+            continue
+        try:
+            ray.get(handle.abort.remote(), timeout=wait_s)  # a no-op on a run that has finished
+        except ray.exceptions.RayActorError:
+            pass  # abort() ends the controller's process
+        ray.kill(handle)  # where abort() left it running; the actors it owns go with it
+        thread.join(wait_s)
+        return
+    log.warning("Ray job %s did not start its workers within %.0f s; not aborted", job, wait_s)
+
+
+def register_run(plan: dict[str, Any]) -> None:
+    """On rank 0 of a Ray Train run: hand the run's controller to the progress actor, so that an interrupted driver
+    can abort the run (`_abort`). Best-effort: the controller is a Ray Train internal."""
+    import ray
+
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        controller = get_train_context().controller_actor
+    except (ImportError, AttributeError, RuntimeError):
+        return
+    ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1]).set_run_handle.remote(controller)

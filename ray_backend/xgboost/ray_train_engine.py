@@ -11,6 +11,7 @@ from typing import Any
 
 from xgboost.callback import TrainingCallback
 
+from ray_backend import progress
 from ray_backend.xgboost.job import (
     TrainOutcome,
     XGBoostJobSpec,
@@ -66,6 +67,8 @@ def _worker(config: dict[str, Any]) -> None:
     plan = json.loads(config["plan"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0 and plan.get("progress_actor"):
+        progress.register_run(plan)
     nthread = plan["cpus_per_worker"]
     mats = {name: data.dmatrix(plan, name, rank, world, nthread) for name in evals_names(plan)}
     checkpoint = ray.train.get_checkpoint()
