@@ -131,9 +131,11 @@ class Printer:
 
 
 def watch(run: Callable[[], Any], actor: Any, printer: Printer,
-          on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, dict[str, Any]]:
+          on_progress: Callable[[dict[str, Any]], None] | None = None,
+          ray_train: bool = True) -> tuple[Any, dict[str, Any]]:
     """Call `run()` on a thread while showing the actor's snapshots; return (its result, the last snapshot), or
-    raise what it raised. Ctrl-C stops the Ray job too (see `_abort`). The actor is killed afterwards."""
+    raise what it raised. Ctrl-C stops a Ray Train run too (`ray_train`; see `_abort`). The actor is killed
+    afterwards."""
     import ray
 
     outcome: dict[str, Any] = {}
@@ -149,7 +151,8 @@ def watch(run: Callable[[], Any], actor: Any, printer: Printer,
     try:
         snap = _follow(thread, actor, printer, on_progress)
     except KeyboardInterrupt:
-        _abort(thread, actor, printer.job)
+        if ray_train:
+            _abort(thread, actor, printer.job)
         raise
     finally:
         printer.close()

@@ -186,7 +186,8 @@ def run_xgboost_job(spec: XGBoostJobSpec,
                                 Manifest.from_json(plan["manifests"]["train"]).records)
     printer = progress.Printer(plan["job_name"], enabled=spec.progress, log_each_epoch=False, unit="round")
     try:
-        outcome, _ = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress)
+        outcome, _ = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress,
+                                    ray_train=plan["engine"] != "xgboost-ray")
     except JobError:
         raise
     except Exception as exc:
