@@ -116,11 +116,11 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
                   s3: S3Options | None = None, validation: str = "fast", _fault: dict | None = None) -> Channel:
     """Stage a DataFrame as RecordIO-protobuf shards plus manifest.json at `uri` (the channel directory).
 
-    validation="fast" (default): one JVM-native aggregation checks columns, nulls, labels and array sizes before
-    anything is written, and Vector sizes too when the first 256 rows are all dense; otherwise the writing tasks
-    count Vector sizes and a mismatch rolls the write back (shards deleted, no manifest). validation="full": one
-    Arrow pass checks everything, Vector sizes included, before anything is written (costs a second transfer of
-    the vectors to Python).
+    validation="fast" (default): one JVM-native aggregation checks columns, nulls, labels, array and Vector sizes
+    before anything is written. Under Spark Connect it checks Vector sizes only when the first 256 rows are all
+    dense; otherwise the writing tasks count them and a mismatch rolls the write back (shards deleted, no
+    manifest). validation="full": one Arrow pass checks everything before anything is written (costs a second
+    transfer of the vectors to Python).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")

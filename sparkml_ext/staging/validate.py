@@ -218,25 +218,61 @@ def is_sparse_vector(feat):
     return F.xxhash64(feat) != F.xxhash64(as_dense)
 
 
+def vector_struct_view(data, column: str):
+    """`data` with its Vector column retyped as the struct Spark stores it as (type, size, indices, values): same
+    rows, same partitions, nothing converted, so Spark SQL can read each Vector's type, size and number of values
+    natively. None where the JVM is out of reach (Spark Connect).
+
+    Spark SQL cannot cast a Vector to its storage struct, so the view re-types the DataFrame's internal rows
+    (`SparkSession.internalCreateDataFrame`, a JVM API that is public in bytecode only).
+    """
+    from py4j.protocol import Py4JError
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import DataFrame
+    from pyspark.sql import types as T
+
+    jdf = getattr(data, "_jdf", None)
+    if jdf is None:
+        return None
+    schema = T.StructType([T.StructField(f.name, VectorUDT().sqlType() if f.name == column else f.dataType,
+                                         f.nullable) for f in data.schema.fields])
+    try:
+        jspark = data.sparkSession._jsparkSession
+        view = jspark.internalCreateDataFrame(jdf.queryExecution().toRdd(), jspark.parseDataType(schema.json()),
+                                              False)
+    except Py4JError:  # a Spark without that JVM method: the caller takes the sampled path
+        return None
+    return DataFrame(view, data.sparkSession)
+
+
 def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict], bool]:
     """Per-partition stats from one JVM-native aggregation (no Arrow transfer), and whether Vector sizes were checked.
 
-    Vector columns: the first rows are sampled; if they are all dense, sizes and the number of sparse rows are
-    counted natively through vector_to_array (cheap for dense rows). If the sample has sparse rows (which may be
-    very wide), sizes are left to the writing tasks instead.
+    Vector columns are read through `vector_struct_view`: type, size and values per row, all counted natively.
+    Where that view is unavailable (Spark Connect) the first rows are sampled; if they are all dense, sizes and the
+    number of sparse rows are counted natively through vector_to_array (cheap for dense rows). If the sample has
+    sparse rows (which may be very wide), sizes are left to the writing tasks instead.
     """
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     feat = F.col(spec.features[0])
     zero = F.lit(0).cast("long")
-    sparse_agg = zero
+    sparse_agg = sparse_values = zero
     checked = True
     row_bytes = 16 + (2 * itemsize + 8 if spec.label else 0)
+    view = vector_struct_view(data, spec.features[0]) if spec.kind == KIND_VECTOR else None
     if spec.kind == KIND_ARRAY:
         dim = F.when(feat.isNotNull(), F.size(feat))
     elif spec.kind == KIND_COLUMNS:
         dim = F.lit(len(spec.features))
+    elif view is not None:
+        data = view
+        is_sparse = feat.isNotNull() & (feat["type"] == 0)
+        nvals = F.when(feat.isNotNull(), F.size(feat["values"]))
+        dim = F.when(is_sparse, feat["size"]).otherwise(nvals)
+        sparse_agg = F.sum(F.when(is_sparse, 1).otherwise(0))
+        sparse_values = F.sum(F.when(is_sparse, nvals).otherwise(0))  # their indices: 4 bytes each
     else:
         per_row, sample_sparse = _sample_vectors(data, spec, itemsize)
         row_bytes += per_row
@@ -252,6 +288,8 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     if spec.kind == KIND_ARRAY:
         aggs.append(F.sum(F.when(F.exists(feat, lambda x: x.isNull()), 1).otherwise(0)).alias("null_elements"))
         aggs.append(F.sum(F.when(feat.isNotNull(), F.size(feat)).otherwise(0)).alias("nvals"))
+    elif view is not None:
+        aggs += [zero.alias("null_elements"), F.sum(F.coalesce(nvals, F.lit(0))).alias("nvals")]
     else:
         aggs += [zero.alias("null_elements"), zero.alias("nvals")]
     if spec.label:
@@ -262,7 +300,7 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     else:
         aggs += [zero.alias("null_label"), zero.alias("nonfinite_label")]
     aggs.append(F.sum(F.col(spec.uid).isNull().cast("long")).alias("null_uid") if spec.uid else zero.alias("null_uid"))
-    aggs.append(sparse_agg.alias("sparse_rows"))
+    aggs += [sparse_agg.alias("sparse_rows"), sparse_values.alias("sparse_values")]
     rows = data.groupBy(F.spark_partition_id().alias("pid"), dim.alias("dim")).agg(*aggs).collect()
     out: dict[int, dict] = {}
     for r in rows:
@@ -270,7 +308,7 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
                                     "null_elements": 0, "null_label": 0, "nonfinite_label": 0, "null_uid": 0,
                                     "sizes": []})
         st["rows"] += r.rows
-        st["bytes"] += r.rows * row_bytes + (r.nvals or 0) * itemsize
+        st["bytes"] += r.rows * row_bytes + (r.nvals or 0) * itemsize + (r.sparse_values or 0) * 4
         for i in range(len(spec.features)):
             st["null_features"][i] += r[f"null_{i}"] or 0
         for key in ("null_elements", "null_label", "nonfinite_label", "null_uid", "sparse_rows"):

@@ -206,8 +206,14 @@ def test_import_is_light():
     assert out == ["False", "False"]
 
 
-def test_sparse_rows_beyond_the_sample_stay_sparse(spark, tmp_path):
-    """The first rows look dense (native fast path), but sparse rows later on must still be written sparse."""
+@pytest.mark.parametrize("struct_view", [True, False])
+def test_sparse_rows_beyond_the_sample_stay_sparse(spark, tmp_path, monkeypatch, struct_view):
+    """Sparse rows after 1,500 dense ones are counted and written sparse, whether the Vectors are read natively
+    (struct view) or sampled first (Spark Connect's path, where the first rows look dense)."""
+    from sparkml_ext.staging import validate
+
+    if not struct_view:
+        monkeypatch.setattr(validate, "vector_struct_view", lambda data, column: None)
     rows = [(Vectors.dense([float(i % 7), 0.0, -0.0, float("nan") if i == 5 else 1.0]), str(i)) for i in range(1500)]
     rows += [(Vectors.sparse(4, [1], [float(i)]), f"s{i}") for i in range(3)] + [(Vectors.sparse(4, [], []), "e")]
     df = spark.createDataFrame(rows, ["features", "uid"]).coalesce(1)

@@ -6,8 +6,19 @@ import pytest
 from pyspark.ml.linalg import Vectors
 
 from sparkml_ext import ChannelValidationError, write_channel
+from sparkml_ext.staging import channel, validate
 
 pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(params=["fast", "full", "sampled"])
+def validation(request, monkeypatch):
+    """The write_channel validation modes; "sampled" is fast validation without the JVM struct view of Vectors,
+    the path Spark Connect takes."""
+    if request.param == "sampled":
+        monkeypatch.setattr(validate, "vector_struct_view", lambda data, column: None)
+        return "fast"
+    return request.param
 
 
 def _assert_rejected(df, tmp_path, match, **kwargs):
@@ -43,14 +54,12 @@ def test_empty_dataframe(spark, tmp_path):
     _assert_rejected(df, tmp_path, r"empty \(0 rows\)")
 
 
-@pytest.mark.parametrize("validation", ["fast", "full"])
 def test_null_features_counted(spark, tmp_path, validation):
     rows = [(Vectors.dense([1.0, 2.0]) if i % 4 else None, 1.0) for i in range(20)]
     df = spark.createDataFrame(rows, ["features", "label"]).repartition(3)
     _assert_rejected(df, tmp_path, r"features column 'features' has 5 null row\(s\) of 20", validation=validation)
 
 
-@pytest.mark.parametrize("validation", ["fast", "full"])
 def test_null_elements_in_arrays_counted(spark, tmp_path, validation):
     rows = [([1.0, None if i < 3 else 2.0], 0.0) for i in range(10)]
     df = spark.createDataFrame(rows, "features array<double>, label double")
@@ -66,9 +75,11 @@ def test_null_feature_columns_counted_per_column(spark, tmp_path):
                                   "features column 'b' has 4 null row(s) of 10"]
 
 
-@pytest.mark.parametrize("validation", ["fast", "full"])
-def test_vectors_of_differing_sizes(spark, tmp_path, validation):
-    """full: found before writing; fast: found by the writing tasks, and the write is rolled back."""
+def test_vectors_of_differing_sizes(spark, tmp_path, validation, request, monkeypatch):
+    """Sparse rows among them. full and fast: found before any write task starts; sampled (the sample holds sparse
+    rows, so sizes are left to the writers): found by the writing tasks, and the write is rolled back."""
+    if request.node.callspec.params["validation"] != "sampled":
+        monkeypatch.setattr(channel, "write_task", lambda cfg: pytest.fail("a write task started"))
     rows = [(Vectors.dense([1.0] * 3), 0.0)] * 7 + [(Vectors.sparse(5, [1], [1.0]), 0.0)] * 2 \
         + [(Vectors.dense([1.0]), 1.0)]
     df = spark.createDataFrame(rows, ["features", "label"]).repartition(2)
@@ -77,14 +88,12 @@ def test_vectors_of_differing_sizes(spark, tmp_path, validation):
                      validation=validation)
 
 
-@pytest.mark.parametrize("validation", ["fast", "full"])
 def test_arrays_of_differing_lengths(spark, tmp_path, validation):
     rows = [([1.0, 2.0], 0.0)] * 4 + [([1.0], 0.0)]
     df = spark.createDataFrame(rows, "features array<float>, label double")
     _assert_rejected(df, tmp_path, r"1 row\(s\) differ from the most common size 2", validation=validation)
 
 
-@pytest.mark.parametrize("validation", ["fast", "full"])
 def test_nan_and_infinite_labels_for_training(spark, tmp_path, validation):
     labels = [float("nan"), float("inf"), float("-inf"), 1.0, 0.0, None]
     df = spark.createDataFrame([(Vectors.dense([1.0]), y) for y in labels], ["features", "label"])
@@ -104,14 +113,13 @@ def test_null_uid(spark, tmp_path):
     _assert_rejected(df, tmp_path, r"uid column 'uid' has 1 null row\(s\) of 2", uidCol="uid")
 
 
-@pytest.mark.parametrize(("validation", "found"), [("full", 3), ("fast", 3)])
-def test_all_problems_reported_together(spark, tmp_path, validation, found):
+def test_all_problems_reported_together(spark, tmp_path, validation):
     """Dense vectors: fast validation counts their sizes natively too, all before anything is written."""
     rows = [(None, float("nan")), (Vectors.dense([1.0]), 1.0), (Vectors.dense([1.0, 2.0]), 1.0)]
     df = spark.createDataFrame(rows, ["features", "label"])
     with pytest.raises(ChannelValidationError) as err:
         write_channel(df, str(tmp_path / "c"), validation=validation)
-    assert len(err.value.problems) == found
+    assert len(err.value.problems) == 3
     assert not (tmp_path / "c").exists()
 
 
@@ -123,3 +131,24 @@ def test_bad_arguments(spark, tmp_path):
         write_channel(df, str(tmp_path / "c"), mode="append")
     with pytest.raises(ValueError, match="validation"):
         write_channel(df, str(tmp_path / "c"), validation="none")
+
+
+def test_struct_view_exposes_vectors_as_stored(spark):
+    """The view fast validation reads: each Vector's type, size and values natively, rows and partitions kept."""
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    rows = [(Vectors.dense([1.0, 2.0]), 0), (Vectors.sparse(7, [2], [3.0]), 1), (None, 2), (Vectors.dense([]), 3)]
+    schema = T.StructType([T.StructField("features", VectorUDT()), T.StructField("id", T.IntegerType())])
+    df = spark.createDataFrame(rows, schema).repartition(3, "id")
+    view = validate.vector_struct_view(df, "features")
+    assert view is not None and view.schema["features"].dataType.simpleString().startswith("struct<type:tinyint")
+    pid = F.spark_partition_id().alias("pid")
+    nvals = F.when(F.col("features").isNotNull(), F.size("features.values")).alias("nvals")
+    got = {r.id: (r.type, r.size, r.nvals, r.pid)
+           for r in view.select("id", "features.type", "features.size", nvals, pid).collect()}
+    parts = {r.id: r.pid for r in df.select("id", pid).collect()}
+    assert {k: v[:3] for k, v in got.items()} == {0: (1, None, 2), 1: (0, 7, 1), 2: (None, None, None),
+                                                  3: (1, None, 0)}
+    assert {k: v[3] for k, v in got.items()} == parts
