@@ -183,11 +183,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
     except Exception as exc:
         raise JobError(f"job {plan['job_name']!r} failed: {exc}") from exc
     t_fit = time.perf_counter()
-    if result.error is not None:
-        raise JobError(f"job {plan['job_name']!r} failed: {result.error}") from result.error
-    if result.checkpoint is None:
-        raise JobError(f"job {plan['job_name']!r} finished without a checkpoint")
-    with result.checkpoint.as_directory() as ckpt_dir:
+    with _final_checkpoint(result, snap, fs, plan["job_name"]).as_directory() as ckpt_dir:
         state, ckpt_meta = _read_state(ckpt_dir)
     history = ckpt_meta["history"]
     model_uri = artifact.model_uri(spec.output_uri, plan["job_name"])
@@ -217,6 +213,19 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
     log.info("[%s] model written to %s in %.1f s", plan["job_name"], model_uri, timings["total_s"])
     return JobResult(job_name=plan["job_name"], run_name=plan["run_name"], model_uri=model_uri,
                      metrics_history=history, attempts=meta["attempts"], timings=timings, meta=meta)
+
+
+def _final_checkpoint(result: Any, snap: dict[str, Any], fs: Any, job: str) -> Any:
+    """The run's last checkpoint: from Ray Train's result, or (result None) the one rank 0 named when it finished."""
+    from ray.train import Checkpoint
+
+    if result is None:
+        return Checkpoint(snap["final_checkpoint"], filesystem=fs)
+    if result.error is not None:
+        raise JobError(f"job {job!r} failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise JobError(f"job {job!r} finished without a checkpoint")
+    return result.checkpoint
 
 
 def _write_state(directory: str, state: ModelState, meta: dict[str, Any]) -> None:
@@ -301,6 +310,8 @@ def _train_worker(config: dict[str, Any]) -> None:
                         resumed=resumed, end_epoch=end_epoch, progress=on_progress)
     try:
         algo.train(tctx)
+        if rank == 0:
+            progress.finish_run(plan)
     finally:
         for r in readers.values():
             r.close()

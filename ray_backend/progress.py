@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
@@ -29,12 +30,16 @@ class ProgressState:
         self.last_rate = 0.0  # records/s of the last finished epoch, shown until the next one has records
         self.history: list[dict[str, float]] = []
         self.run_handle: Any = None  # an actor whose abort() stops the job (Ray Train's controller), once known
+        self.final_checkpoint: str | None = None  # set by rank 0 once its last checkpoint is registered
 
     def set_run_handle(self, handle: Any) -> None:
         self.run_handle = handle
 
     def get_run_handle(self) -> Any:
         return self.run_handle
+
+    def finish(self, checkpoint_path: str) -> None:
+        self.final_checkpoint = checkpoint_path
 
     def worker_started(self, rank: int, pid: int, node: str, start_epoch: int) -> None:
         if rank == 0:
@@ -65,7 +70,8 @@ class ProgressState:
         return {"epochs": self.epochs, "epoch": self.epoch, "attempts": self.attempts, "starts": list(self.starts),
                 "workers": {str(k): v for k, v in self.workers.items()}, "records": done,
                 "records_per_epoch": self.records_per_epoch, "records_per_s": rate,
-                "loss": self.loss, "history": list(self.history), "elapsed_s": time.time() - self.started}
+                "loss": self.loss, "history": list(self.history), "elapsed_s": time.time() - self.started,
+                "final_checkpoint": self.final_checkpoint}
 
 
 def snapshot(plan: dict[str, Any]) -> dict[str, Any]:
@@ -134,42 +140,94 @@ def watch(run: Callable[[], Any], actor: Any, printer: Printer,
           on_progress: Callable[[dict[str, Any]], None] | None = None,
           ray_train: bool = True) -> tuple[Any, dict[str, Any]]:
     """Call `run()` on a thread while showing the actor's snapshots; return (its result, the last snapshot), or
-    raise what it raised. Ctrl-C stops a Ray Train run too (`ray_train`; see `_abort`). The actor is killed
-    afterwards."""
-    import ray
-
+    raise what it raised. A Ray Train run (`ray_train`) is stopped by Ctrl-C (see `_abort`), and its result is not
+    waited for once rank 0 has registered its final checkpoint (`finish_run`): then the result is None and the
+    snapshot's "final_checkpoint" names the checkpoint, while Ray Train shuts the run down in the background (about
+    1.5 s of polls and actor stops). The actor is killed once `run()` has returned."""
     outcome: dict[str, Any] = {}
+    done, lock = threading.Event(), threading.Lock()
 
     def target() -> None:
         try:
             outcome["result"] = run()
-        except BaseException as exc:  # re-raised on the calling thread below
+        except BaseException as exc:  # re-raised on the calling thread below, or logged if nobody waits
             outcome["error"] = exc
+        with lock:
+            done.set()
+            detached = outcome.get("detached", False)
+        if detached:
+            _end_detached(outcome, actor, printer.job)
 
     thread = threading.Thread(target=target, name=f"job-{printer.job}", daemon=True)
     thread.start()
     try:
-        snap = _follow(thread, actor, printer, on_progress)
+        snap = _follow(done, actor, printer, on_progress, stop_at_final=ray_train)
     except KeyboardInterrupt:
         if ray_train:
             _abort(thread, actor, printer.job)
+        _kill(actor)
         raise
     finally:
         printer.close()
-        ray.kill(actor)
+    with lock:
+        if not done.is_set():
+            outcome["detached"] = True
+            _detach(thread)
+    if outcome.get("detached"):
+        return None, snap
+    _kill(actor)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"], snap
 
 
-def _follow(thread: threading.Thread, actor: Any, printer: Printer,
-            on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    """Show snapshots until the job's thread ends; return the last one."""
+_DETACHED: set[threading.Thread] = set()  # runs whose result nobody waits for; joined at exit
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _detach(thread: threading.Thread) -> None:
+    if not _EXIT_HOOK:
+        atexit.register(wait_detached)  # after Ray's own exit hook (registered on import), so it runs first
+        _EXIT_HOOK.append(True)
+    _DETACHED.add(thread)
+
+
+def _end_detached(outcome: dict[str, Any], actor: Any, job: str) -> None:
+    """The end of a run the driver stopped waiting for: log a late failure, free the progress actor."""
+    if "error" in outcome:
+        log.warning("[%s] Ray Train's shutdown after the final checkpoint failed (the model is unaffected): %s",
+                    job, outcome["error"])
+    _kill(actor)
+    _DETACHED.discard(threading.current_thread())
+
+
+def wait_detached(timeout_s: float = 60.0) -> None:
+    """Wait for runs still shutting down in the background (registered to run at exit, before Ray's shutdown)."""
+    deadline = time.monotonic() + timeout_s
+    for thread in list(_DETACHED):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # Ray already shut down: the actor went with it
+        pass
+
+
+def _follow(done: threading.Event, actor: Any, printer: Printer,
+            on_progress: Callable[[dict[str, Any]], None] | None, stop_at_final: bool) -> dict[str, Any]:
+    """Show snapshots until the job's thread ends (or, with `stop_at_final`, rank 0 has finished); return the last."""
     import ray
 
     snap: dict[str, Any] = {}
-    while thread.is_alive():
-        thread.join(0.5)
+    while not done.is_set():
+        done.wait(0.5)
         try:
             snap = ray.get(actor.snapshot.remote(), timeout=10)
         except Exception:  # progress is best-effort; the job's outcome decides
@@ -177,6 +235,8 @@ def _follow(thread: threading.Thread, actor: Any, printer: Printer,
         printer.show(snap)
         if on_progress is not None:
             on_progress(snap)
+        if stop_at_final and snap.get("final_checkpoint"):
+            return snap
     try:
         snap = ray.get(actor.snapshot.remote(), timeout=10)
         printer.show(snap)
@@ -221,3 +281,16 @@ def register_run(plan: dict[str, Any]) -> None:
     except (ImportError, AttributeError, RuntimeError):
         return
     ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1]).set_run_handle.remote(controller)
+
+
+def finish_run(plan: dict[str, Any]) -> None:
+    """On rank 0 of a Ray Train run, after its last report: name the run's final checkpoint to the progress actor,
+    so the driver can read the model without waiting for Ray Train's shutdown (`watch`)."""
+    import ray
+    import ray.train
+
+    reported = ray.train.get_all_reported_checkpoints()  # in registration order (no checkpoint score is set)
+    if not reported:
+        return
+    actor = ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1])
+    ray.get(actor.finish.remote(reported[-1].checkpoint.path), timeout=30)

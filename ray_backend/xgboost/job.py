@@ -186,8 +186,10 @@ def run_xgboost_job(spec: XGBoostJobSpec,
                                 Manifest.from_json(plan["manifests"]["train"]).records)
     printer = progress.Printer(plan["job_name"], enabled=spec.progress, log_each_epoch=False, unit="round")
     try:
-        outcome, _ = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress,
-                                    ray_train=plan["engine"] != "xgboost-ray")
+        outcome, snap = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress,
+                                       ray_train=plan["engine"] != "xgboost-ray")
+        if outcome is None:  # rank 0 finished; Ray Train shuts the run down in the background
+            outcome = engine.finished_outcome(plan, spec, snap)
     except JobError:
         raise
     except Exception as exc:

@@ -49,7 +49,20 @@ def train(plan: dict[str, Any], spec: XGBoostJobSpec) -> TrainOutcome:
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
+    return _outcome(result.checkpoint)
+
+
+def finished_outcome(plan: dict[str, Any], spec: XGBoostJobSpec, snap: dict[str, Any]) -> TrainOutcome:
+    """The outcome in the checkpoint rank 0 named when it finished (`progress.finish_run`), for a driver that did
+    not wait for Ray Train's shutdown."""
+    from ray.train import Checkpoint
+
+    fs, _ = storage.resolve(storage.join(spec.output_uri, plan["job_name"], "ray"), spec.s3)
+    return _outcome(Checkpoint(snap["final_checkpoint"], filesystem=fs))
+
+
+def _outcome(checkpoint: Any) -> TrainOutcome:
+    with checkpoint.as_directory() as d:
         with open(os.path.join(d, BOOSTER), "rb") as f:
             raw = f.read()
         with open(os.path.join(d, STATE_JSON)) as f:
@@ -84,7 +97,17 @@ def _worker(config: dict[str, Any]) -> None:
     state["history"] = [m for m in state["history"] if m["round"] < done]
     if done >= plan["total_rounds"]:  # the failure came after the final checkpoint
         _report(booster, state, rank, {})
-        return
+    else:
+        _boost(plan, mats, booster, state, rank, done, nthread)
+    if rank == 0 and plan.get("progress_actor"):
+        progress.finish_run(plan)
+
+
+def _boost(plan: dict[str, Any], mats: dict[str, Any], booster: Any, state: dict[str, Any], rank: int, done: int,
+           nthread: int) -> None:
+    """Boost the rounds still to do, reporting checkpoints as `_Checkpointer` says."""
+    import xgboost as xgb
+
     kwargs: dict[str, Any] = {}
     if plan["early_stopping_rounds"]:
         kwargs["early_stopping_rounds"] = plan["early_stopping_rounds"]
@@ -95,7 +118,9 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def _report(booster: Any, state: dict[str, Any], rank: int, metrics: dict[str, float]) -> None:
-    """Report metrics on every worker and the checkpoint from rank 0; wait until Ray has registered it."""
+    """Report metrics on every worker and the checkpoint from rank 0. Not waited for: Ray Train registers it at
+    its controller's next poll (<= 0.5 s), while boosting goes on; a failure before that resumes from the previous
+    one. The final checkpoint is waited for (`progress.finish_run`)."""
     import ray.train
 
     if rank != 0:
@@ -106,7 +131,6 @@ def _report(booster: Any, state: dict[str, Any], rank: int, metrics: dict[str, f
         with open(os.path.join(d, STATE_JSON), "w") as f:
             json.dump(state, f, allow_nan=False)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-    ray.train.get_all_reported_checkpoints()  # a failure in the next rounds then resumes from here
 
 
 class _Checkpointer(TrainingCallback):
