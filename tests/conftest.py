@@ -56,6 +56,9 @@ def ray_cluster():
     try:
         yield {"multinode": True, "nodes": 2}
     finally:
+        from ray_backend.progress import wait_detached
+
+        wait_detached()  # jobs whose Ray Train shutdown still runs in the background
         ray.shutdown()
         cluster.shutdown()
 
