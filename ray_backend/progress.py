@@ -182,9 +182,7 @@ def watch(run: Callable[[], Any], actor: Any, printer: Printer,
 
 
 _DETACHED: set[threading.Thread] = set()  # runs whose result nobody waits for; joined at exit
-
-
-_EXIT_HOOK: list[bool] = []
+_EXIT_HOOK: list[bool] = []  # non-empty once wait_detached is registered with atexit
 
 
 def _detach(thread: threading.Thread) -> None:
@@ -208,7 +206,6 @@ def wait_detached(timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     for thread in list(_DETACHED):
         thread.join(max(0.0, deadline - time.monotonic()))
-
 
 
 def _kill(actor: Any) -> None:
