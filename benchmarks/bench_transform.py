@@ -1,5 +1,6 @@
-"""In-cluster transform throughput: RayModel (mapInArrow + cached predictor) vs Spark ML's LogisticRegressionModel,
-same session, same 1,000,000 x 50 cached DataFrame, written to the `noop` sink. Medians of --repeat runs.
+"""In-cluster transform throughput: RayModel (nativeScoring on: Spark ML's JVM model built from the artifact; off: the
+Python predictor in an Arrow UDF) vs Spark ML's LogisticRegressionModel, same session, same 1,000,000 x 50 cached
+DataFrame, written to the `noop` sink. Medians of --repeat runs, the three interleaved.
 
     .venv/bin/python benchmarks/bench_transform.py [--rows N] [--repeat 3]
 """
@@ -56,14 +57,23 @@ def main() -> None:
     lr = LogisticRegression(maxIter=20).fit(small)
     ray_model = RayEstimator(algorithm="linear-sgd", numWorkers=1, stagingUri=tempfile.mkdtemp(),
                              hyperparameters={"predictor_type": "binary_classifier", "epochs": 2}).fit(small)
-    t_spark = timed_noop(lr.transform(df), args.repeat)
-    t_ray = timed_noop(ray_model.transform(df), args.repeat)
-    print(f"{args.rows:,} x {args.dim} dense, cached, local[2], noop sink, median of {args.repeat}")
-    print("| model | transform s | rows/s |")
-    print("| --- | ---: | ---: |")
-    print(f"| Spark ML LogisticRegressionModel | {t_spark:.2f} | {args.rows / t_spark:,.0f} |")
-    print(f"| sparkml_ext RayModel (linear-sgd, in-cluster) | {t_ray:.2f} | {args.rows / t_ray:,.0f} |")
-    print(f"ratio RayModel / Spark ML: {t_spark / t_ray:.2f}x")
+    runs = {"Spark ML LogisticRegressionModel": lr.transform(df),
+            "sparkml_ext RayModel (linear-sgd, nativeScoring=True)": ray_model.transform(df),
+            "sparkml_ext RayModel (linear-sgd, nativeScoring=False)":
+                ray_model.copy({ray_model.nativeScoring: False}).transform(df)}
+    times = {name: [] for name in runs}
+    for out in runs.values():  # warm-up
+        timed_noop(out, 1)
+    for _ in range(args.repeat):
+        for name, out in runs.items():
+            times[name].append(timed_noop(out, 1))
+    print(f"{args.rows:,} x {args.dim} dense, cached, local[2], noop sink, median of {args.repeat} (interleaved)")
+    print("| model | transform s | rows/s | vs Spark ML |")
+    print("| --- | ---: | ---: | ---: |")
+    base = statistics.median(times["Spark ML LogisticRegressionModel"])
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        print(f"| {name} | {t:.2f} | {args.rows / t:,.0f} | {base / t:.2f}x |")
     spark.stop()
 
 

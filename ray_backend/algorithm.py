@@ -31,6 +31,18 @@ class ModelState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LinearForm:
+    """A model whose outputs are a link of x·W + b, so other engines (Spark ML's JVM models) can score it exactly:
+    link `identity` (score = z), `logistic` (score = sigmoid(z); predicted_label = z > threshold, a logit) or
+    `softmax` (score = probabilities; predicted_label = argmax)."""
+
+    weights: np.ndarray  # (feature_dim, outputs): one column for identity/logistic, one per class for softmax
+    bias: np.ndarray  # (outputs,)
+    link: str
+    threshold: float = 0.0
+
+
 @dataclass
 class TrainContext:
     """What a worker's algorithm gets: channels, collective, where to start, and the per-epoch hook."""
@@ -86,6 +98,10 @@ class Algorithm(ABC):
     @abstractmethod
     def predict(self, features: Any) -> dict[str, np.ndarray]:
         """Predict a 2-D ndarray or scipy CSR batch → {output name: array with one row per record}."""
+
+    def linear_form(self) -> LinearForm | None:
+        """The loaded model as a LinearForm when its outputs are a link of x·W + b; None otherwise."""
+        return None
 
     def output_widths(self) -> dict[str, int]:
         """Per output, 0 for one number per record or k for a k-vector, found by predicting one all-zero record

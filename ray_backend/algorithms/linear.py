@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_backend.algorithm import Algorithm, ModelState, TrainContext
+from ray_backend.algorithm import Algorithm, LinearForm, ModelState, TrainContext
 
 PREDICTOR_TYPES = ("regressor", "binary_classifier")
 
@@ -141,3 +141,10 @@ class LinearSGD(Algorithm):
             p = _sigmoid(z)
             return {"score": p.astype(np.float32), "predicted_label": (p > 0.5).astype(np.float32)}
         return {"score": z.astype(np.float32)}
+
+    def linear_form(self) -> LinearForm:
+        """score = sigmoid(z), predicted_label = p > 0.5 (classifier), or score = z."""
+        t = self.state.tensors
+        classifier = self.hyperparameters["predictor_type"] == "binary_classifier"
+        return LinearForm(t["weights"].astype(np.float64).reshape(-1, 1), t["bias"].astype(np.float64).reshape(1),
+                          "logistic" if classifier else "identity")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_backend.algorithm import Algorithm, ModelState, TrainContext
+from ray_backend.algorithm import Algorithm, LinearForm, ModelState, TrainContext
 from ray_backend.algorithms import sgd
 from ray_backend.algorithms.sgd import AUTO, choice, flag, integer, number
 
@@ -160,6 +160,16 @@ class LinearLearner(Algorithm):
             return {"score": _sigmoid(z).astype(np.float32),
                     "predicted_label": (z >= float(t["threshold"][0])).astype(np.float32)}
         return {"score": z.astype(np.float32)}
+
+    def linear_form(self) -> LinearForm:
+        """The selected model's weights in original units (what `predict` scores with), its link and threshold."""
+        if self.state is None:
+            raise RuntimeError("load_state() first")
+        t = self.state.tensors
+        link = {BINARY: "logistic", MULTICLASS: "softmax"}.get(self.kind, "identity")
+        threshold = float(t["threshold"][0]) if self.kind == BINARY else 0.0
+        return LinearForm(t["weights"].astype(np.float64).reshape(self.feature_dim, -1),
+                          t["bias"].astype(np.float64).reshape(-1), link, threshold)
 
     # -- training ------------------------------------------------------------------------------------------------
 

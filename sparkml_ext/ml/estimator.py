@@ -47,8 +47,19 @@ def _set_known(obj: Params, params: dict) -> None:
     obj._set(**params)
 
 
+@accessors
 class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
     """Params of a fitted model: its input/output columns and invalid-row handling (training Params carry over)."""
+
+    nativeScoring = Param(Params._dummy(), "nativeScoring",
+                          "score linear models (Linear Learner, linear-sgd) in-cluster with Spark ML's own JVM model "
+                          "classes built from the artifact's weights instead of a Python predictor (same outputs, "
+                          "no Python worker); where that is impossible (Spark Connect, streaming, array features) "
+                          "the Python predictor scores", typeConverter=TypeConverters.toBoolean)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setDefault(nativeScoring=True)
 
 
 @accessors
@@ -302,12 +313,29 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         scorers = scoring
         if self.usesEndpoint():
             config, scorers = endpoint.resolve(self, config, columns), endpoint
+        elif self.getNativeScoring():
+            native = self._transform_natively(dataset, meta, config)
+            if native is not None:
+                return native
         if not meta["input_schema"].get("sparse") and hasattr(F, "arrow_udf"):
             # array -> array (in-cluster) or iterator -> iterator (endpoint), from the scorer's type hints
             udf = F.arrow_udf(scorers.make_column_scorer(config), self._column_scorer_type(columns))
             return self._transform_columnwise(dataset, config, columns, ftype, udf)
         schema = StructType(dataset.schema.fields + [StructField(n, t, True) for n, _, t in columns])
         return dataset.mapInArrow(scorers.make_batch_scorer(config), schema)
+
+    def _transform_natively(self, dataset: DataFrame, meta: dict, config: dict) -> DataFrame | None:
+        """Spark ML's JVM models score an algorithm that has a linear form (sparkml_ext.ml.native_scoring); None for
+        the others, read from the algorithm class before any weights are loaded."""
+        from ray_backend.algorithm import Algorithm, resolve
+        from ray_backend.predictor import load_predictor
+        from sparkml_ext.ml import native_scoring
+
+        if resolve(meta["algorithm"]).linear_form is Algorithm.linear_form:
+            return None
+        form = load_predictor(self.artifactUri, s3=self._s3()).algorithm.linear_form()
+        return form and native_scoring.transform(dataset, form, config["features_col"], config["handle_invalid"],
+                                                 config["columns"])
 
     @staticmethod
     def _column_scorer_type(columns) -> StructType:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparkml_ext.struct_view import vector_struct_view
+
 KIND_VECTOR, KIND_ARRAY, KIND_COLUMNS = "vector", "array", "columns"
 STATS_SCHEMA = "pid int, stats string"
 
@@ -216,33 +218,6 @@ def is_sparse_vector(feat):
     as_dense = F.struct(F.lit(1).cast("tinyint"), F.lit(None).cast("int"), F.lit(None).cast("array<int>"),
                         vector_to_array(feat))
     return F.xxhash64(feat) != F.xxhash64(as_dense)
-
-
-def vector_struct_view(data, column: str):
-    """`data` with its Vector column retyped as the struct Spark stores it as (type, size, indices, values): same
-    rows, same partitions, nothing converted, so Spark SQL can read each Vector's type, size and number of values
-    natively. None where the JVM is out of reach (Spark Connect).
-
-    Spark SQL cannot cast a Vector to its storage struct, so the view re-types the DataFrame's internal rows
-    (`SparkSession.internalCreateDataFrame`, a JVM API that is public in bytecode only).
-    """
-    from py4j.protocol import Py4JError
-    from pyspark.ml.linalg import VectorUDT
-    from pyspark.sql import DataFrame
-    from pyspark.sql import types as T
-
-    jdf = getattr(data, "_jdf", None)
-    if jdf is None:
-        return None
-    schema = T.StructType([T.StructField(f.name, VectorUDT().sqlType() if f.name == column else f.dataType,
-                                         f.nullable) for f in data.schema.fields])
-    try:
-        jspark = data.sparkSession._jsparkSession
-        view = jspark.internalCreateDataFrame(jdf.queryExecution().toRdd(), jspark.parseDataType(schema.json()),
-                                              False)
-    except Py4JError:  # a Spark without that JVM method: the caller takes the sampled path
-        return None
-    return DataFrame(view, data.sparkSession)
 
 
 def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict], bool]:
