@@ -331,7 +331,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         from ray_backend.predictor import load_predictor
         from sparkml_ext.ml import native_scoring
 
-        if resolve(meta["algorithm"]).linear_form is Algorithm.linear_form:
+        if (not native_scoring.applicable(dataset, config["features_col"])
+                or resolve(meta["algorithm"]).linear_form is Algorithm.linear_form):
             return None
         form = load_predictor(self.artifactUri, s3=self._s3()).algorithm.linear_form()
         return form and native_scoring.transform(dataset, form, config["features_col"], config["handle_invalid"],

@@ -72,15 +72,21 @@ def _guarded(dataset, feat: str, dim: int, ok: str, features: str):
                                                                  T.StructField(features, VectorUDT(), True)]))
 
 
+def applicable(dataset, feat: str) -> bool:
+    """Whether this path can score `dataset` at all: a batch DataFrame of a classic (JVM) session with Vector
+    features (checked before any weights are loaded)."""
+    from pyspark.ml.linalg import VectorUDT
+
+    return (getattr(dataset, "_jdf", None) is not None and not dataset.isStreaming
+            and isinstance(dataset.schema[feat].dataType, VectorUDT))
+
+
 def transform(dataset, form: LinearForm, feat: str, handle_invalid: str, columns: list[tuple[str, str]]):
     """`dataset` with the output `columns` ((name, SageMaker-style source) pairs, as the Python scorer gets them)
     computed by a Spark ML model, or None where this path cannot produce them."""
     from pyspark.ml.functions import vector_to_array
-    from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
 
-    if not isinstance(dataset.schema[feat].dataType, VectorUDT):
-        return None
     tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
     pred, prob, raw = f"{tmp}_prediction", f"{tmp}_probability", f"{tmp}_raw"
     sources = {"identity": {"score": F.col(pred)},
