@@ -42,7 +42,10 @@ def main() -> None:
     scaled = features.transform(df).select("features", "label").cache()
     model = RayEstimator(algorithm="linear-sgd", numWorkers=1, stagingUri=os.path.join(workdir, "staging"),
                          hyperparameters={"predictor_type": "binary_classifier", "epochs": 5}).fit(scaled)
-    in_cluster = sorted(r.score for r in model.transform(scaled).select("score").collect())
+    # In-cluster scoring by the same Python predictor the endpoint's replicas run, for an exact comparison (by
+    # default a linear model scores in-cluster through Spark ML's JVM model: equal to float32 precision).
+    in_cluster = sorted(r.score for r in model.copy({model.nativeScoring: False}).transform(scaled)
+                        .select("score").collect())
 
     # A named endpoint, created on entry and deleted on exit (the model created it).
     with model.copy().setEndpointName("cancer").setEndpointReplicas(2) as hosted:

@@ -52,7 +52,7 @@ def test_killing_a_replica_mid_transform_loses_and_duplicates_nothing(spark, uri
 
     n = 1_000_000
     df = frame(spark, n, 4)
-    expected = summary(RayModel.fromArtifact(uri).transform(df))
+    expected = summary(RayModel.fromArtifact(uri, nativeScoring=False).transform(df))  # the replicas' predictor
     endpoint.deploy("rel-kill", uri, replicas=2)
     model = RayModel.fromArtifact(uri, endpointName="rel-kill", endpointCreationPolicy="DO_NOT_CREATE",
                                   maxBatchRecords=2000, maxRetries=8, retryBackoff=0.25)
@@ -86,7 +86,7 @@ def test_two_concurrent_tasks_under_sustained_load_fail_no_row(spark, uri):
     df.count()
     model = RayModel.fromArtifact(uri, endpointName="rel-load", endpointCreationPolicy="DO_NOT_CREATE",
                                   maxBatchRecords=1000)
-    expected = summary(RayModel.fromArtifact(uri).transform(df))
+    expected = summary(RayModel.fromArtifact(uri, nativeScoring=False).transform(df))  # the replicas' predictor
     start, rounds = time.monotonic(), 0
     while time.monotonic() - start < LOAD_SECONDS:
         got = summary(model.transform(df))

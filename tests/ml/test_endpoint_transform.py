@@ -1,5 +1,8 @@
 """Endpoint-mode transform: the same DataFrame scored in-cluster and through a Ray Serve endpoint is equal (chispa);
-creation policies, context manager, batch scoring, auth, and the client's batching and retry rules over real HTTP."""
+creation policies, context manager, batch scoring, auth, and the client's batching and retry rules over real HTTP.
+The endpoint's replicas run the Python predictor, so it is compared exactly with in-cluster scoring by the same
+predictor (`nativeScoring=False`), and to float32 precision with the default in-cluster path (Spark ML's JVM model
+for these linear models)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from chispa import assert_df_equality
+from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.ml.linalg import Vectors
 from pyspark.sql import functions as F
 
@@ -18,6 +21,7 @@ import recordio
 from ray_backend.serving import endpoint, protocol
 from sparkml_ext.ml.endpoint import EndpointClient, EndpointError, request_bodies, score_with_endpoint
 from sparkml_ext.ml.estimator import RayModel
+from tests.ml.test_native_scoring import plain
 from tests.ray_backend.test_serving import linear_artifact
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
@@ -49,15 +53,23 @@ def served(ray_cluster, uri):
             endpoint.delete(e.name)
 
 
+def in_cluster(uri: str, **params) -> RayModel:
+    """In-cluster scoring by the predictor the endpoint runs."""
+    return RayModel.fromArtifact(uri, nativeScoring=False, **params)
+
+
 def test_endpoint_transform_equals_in_cluster(served, uri, data):
     assert endpoint.get("tx-main") is None
-    expected = RayModel.fromArtifact(uri).transform(data)
+    expected = in_cluster(uri).transform(data)
     got = served.copy().setMaxBatchRecords(37).setMaxConcurrentRequests(3).transform(data)  # many small requests
     assert endpoint.get("tx-main") is not None  # CREATE_ON_TRANSFORM made it
     assert got.columns == expected.columns
     # dense-trained: only the features column goes through Python (Spark >= 4.1; whole rows before that)
     assert ("ArrowEvalPython" if hasattr(F, "arrow_udf") else "PythonMapInArrow") in plan(got)
     assert_df_equality(got, expected)
+    cols = ["id", "prediction", "probability", "score", "predicted_label"]  # rawPrediction: a float32 logit
+    assert_approx_df_equality(plain(got.select(cols)), plain(RayModel.fromArtifact(uri).transform(data).select(cols)),
+                              precision=1e-6)
     counts = endpoint.variant_counts("tx-main")["AllTraffic"]
     assert counts["records"] >= data.count() and counts["requests"] >= data.count() // 37
 
@@ -68,7 +80,7 @@ def plan(df) -> str:
 
 def test_a_sparse_trained_model_scores_whole_rows_through_the_endpoint(ray_cluster, data, tmp_path):
     sparse_uri = linear_artifact(tmp_path / "sparse", seed=6, dim=DIM, sparse=True)
-    expected = RayModel.fromArtifact(sparse_uri).transform(data)
+    expected = in_cluster(sparse_uri).transform(data)
     model = RayModel.fromArtifact(sparse_uri, endpointName="tx-sparse").setMaxBatchRecords(50)
     try:
         got = model.transform(data)
@@ -84,7 +96,7 @@ def test_invalid_rows_are_handled_like_in_cluster(served, uri, data, spark):
     mixed = data.limit(40).unionByName(bad)
     url = endpoint.get("tx-main").url
     for mode in ("keep", "skip"):
-        expected = RayModel.fromArtifact(uri, handleInvalid=mode).transform(mixed)
+        expected = in_cluster(uri, handleInvalid=mode).transform(mixed)
         got = RayModel.fromArtifact(uri, handleInvalid=mode, endpointUrl=url).setEndpointToken(TOKEN)
         assert_df_equality(got.transform(mixed), expected, ignore_row_order=True)
     with pytest.raises(Exception, match="not of size 30"):
@@ -116,7 +128,7 @@ def test_do_not_create_needs_an_existing_endpoint(ray_cluster, uri, data):
 
 
 def test_create_on_construct_and_the_context_manager(ray_cluster, uri, data):
-    expected = RayModel.fromArtifact(uri).transform(data)
+    expected = in_cluster(uri).transform(data)
     with RayModel(uri, endpointName="tx-ctx", endpointCreationPolicy="CREATE_ON_CONSTRUCT") as model:
         assert endpoint.get("tx-ctx") is not None  # created by the constructor
         reuse = RayModel.fromArtifact(uri, endpointName="tx-ctx", endpointCreationPolicy="DO_NOT_CREATE")
@@ -128,7 +140,7 @@ def test_create_on_construct_and_the_context_manager(ray_cluster, uri, data):
 
 
 def test_batch_scoring_creates_scores_and_deletes(ray_cluster, uri, data, tmp_path):
-    expected = RayModel.fromArtifact(uri).transform(data)
+    expected = in_cluster(uri).transform(data)
     before = {e.name for e in endpoint.list_endpoints()}
     scored = score_with_endpoint(RayModel.fromArtifact(uri), data, name="tx-batch")
     assert endpoint.get("tx-batch") is None
