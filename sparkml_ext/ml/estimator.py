@@ -54,8 +54,9 @@ class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
     nativeScoring = Param(Params._dummy(), "nativeScoring",
                           "score linear models (Linear Learner, linear-sgd) in-cluster with Spark ML's own JVM model "
                           "classes built from the artifact's weights instead of a Python predictor (same outputs, "
-                          "no Python worker); where that is impossible (Spark Connect, streaming, array features) "
-                          "the Python predictor scores", typeConverter=TypeConverters.toBoolean)
+                          "no Python worker); where that is impossible (Spark Connect, streaming, array features, an "
+                          "input whose plan shuffles outside cached data) the Python predictor scores",
+                          typeConverter=TypeConverters.toBoolean)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

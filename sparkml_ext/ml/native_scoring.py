@@ -1,7 +1,8 @@
 """In-cluster scoring of linear models by Spark ML's own JVM model classes (LogisticRegressionModel,
 LinearRegressionModel) built from the artifact's weights: no Python worker, no Arrow transfer, sparse rows stay
 sparse. Used by RayModel.transform when `nativeScoring` is on and the model has a `LinearForm`; None (the caller
-scores in Python) where that is not possible: Spark Connect, streaming, array features, other outputs."""
+scores in Python) where that is not possible: Spark Connect, streaming, array features, other outputs, inputs whose
+plan has shuffles (see `applicable`)."""
 
 from __future__ import annotations
 
@@ -72,13 +73,27 @@ def _guarded(dataset, feat: str, dim: int, ok: str, features: str):
                                                                  T.StructField(features, VectorUDT(), True)]))
 
 
+def _has_exchange(plan) -> bool:
+    """Whether a JVM physical plan shuffles or broadcasts outside the cached relations it reads (their own plans
+    are not its children)."""
+    if plan.nodeName() == "AdaptiveSparkPlan":
+        plan = plan.inputPlan()
+    if plan.nodeName().endswith("Exchange"):
+        return True
+    children = plan.children()
+    return any(_has_exchange(children.apply(i)) for i in range(children.size()))
+
+
 def applicable(dataset, feat: str) -> bool:
-    """Whether this path can score `dataset` at all: a batch DataFrame of a classic (JVM) session with Vector
-    features (checked before any weights are loaded)."""
+    """Whether this path can score `dataset` at all (checked before any weights are loaded): a batch DataFrame of a
+    classic (JVM) session with Vector features whose plan has no exchange. The struct view takes the input's RDD,
+    and an adaptive plan runs its shuffle stages as soon as its RDD is asked for; transform must stay lazy, so such
+    inputs (a join, a repartition not cached) are scored in Python. Cached data, however it was made, is fine."""
     from pyspark.ml.linalg import VectorUDT
 
-    return (getattr(dataset, "_jdf", None) is not None and not dataset.isStreaming
-            and isinstance(dataset.schema[feat].dataType, VectorUDT))
+    jdf = getattr(dataset, "_jdf", None)
+    return (jdf is not None and not dataset.isStreaming and isinstance(dataset.schema[feat].dataType, VectorUDT)
+            and not _has_exchange(jdf.queryExecution().executedPlan()))
 
 
 def transform(dataset, form: LinearForm, feat: str, handle_invalid: str, columns: list[tuple[str, str]]):
