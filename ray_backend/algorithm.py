@@ -34,7 +34,7 @@ class ModelState:
 @dataclass(frozen=True)
 class LinearForm:
     """A model whose outputs are a link of x·W + b, so other engines (Spark ML's JVM models) can score it exactly:
-    link `identity` (score = z), `logistic` (score = sigmoid(z); predicted_label = z > threshold, a logit) or
+    link `identity` (score = z), `logistic` (score = sigmoid(z); predicted_label = z >= threshold, a logit) or
     `softmax` (score = probabilities; predicted_label = argmax)."""
 
     weights: np.ndarray  # (feature_dim, outputs): one column for identity/logistic, one per class for softmax

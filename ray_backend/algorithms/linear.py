@@ -132,18 +132,17 @@ class LinearSGD(Algorithm):
         return state
 
     def predict(self, features: Any) -> dict[str, np.ndarray]:
-        """score = Xw + b (regressor) or sigmoid(Xw + b) with predicted_label (classifier)."""
+        """score = Xw + b (regressor) or sigmoid(Xw + b) with predicted_label = (Xw + b >= 0) (classifier)."""
         if self.state is None:
             raise RuntimeError("load_state() first")
         w, b = self.state.tensors["weights"], float(self.state.tensors["bias"][0])
         z = np.asarray(features @ w).ravel() + b
         if self.hyperparameters["predictor_type"] == "binary_classifier":
-            p = _sigmoid(z)
-            return {"score": p.astype(np.float32), "predicted_label": (p > 0.5).astype(np.float32)}
+            return {"score": _sigmoid(z).astype(np.float32), "predicted_label": (z >= 0.0).astype(np.float32)}
         return {"score": z.astype(np.float32)}
 
     def linear_form(self) -> LinearForm:
-        """score = sigmoid(z), predicted_label = p > 0.5 (classifier), or score = z."""
+        """score = sigmoid(z), predicted_label = z >= 0 (classifier), or score = z."""
         t = self.state.tensors
         classifier = self.hyperparameters["predictor_type"] == "binary_classifier"
         return LinearForm(t["weights"].astype(np.float64).reshape(-1, 1), t["bias"].astype(np.float64).reshape(1),
