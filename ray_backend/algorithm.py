@@ -33,7 +33,8 @@ class ModelState:
 
 @dataclass(frozen=True)
 class LinearForm:
-    """A model whose outputs are a link of x·W + b, so other engines (Spark ML's JVM models) can score it exactly:
+    """A model whose outputs are a link of x·W + b (plus, with `factors` V, a factorization machine's pairwise
+    interactions ½Σ_f((x·V_f)² − (x∘x)·V_f²)), so other engines (Spark ML's JVM models) can score it exactly:
     link `identity` (score = z), `logistic` (score = sigmoid(z); predicted_label = z >= threshold, a logit) or
     `softmax` (score = probabilities; predicted_label = argmax)."""
 
@@ -41,6 +42,7 @@ class LinearForm:
     bias: np.ndarray  # (outputs,)
     link: str
     threshold: float = 0.0
+    factors: np.ndarray | None = None  # (feature_dim, factor size); one output only
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_backend.algorithm import Algorithm, ModelState, TrainContext
+from ray_backend.algorithm import Algorithm, LinearForm, ModelState, TrainContext
 from ray_backend.algorithms import sgd
 from ray_backend.algorithms.linear_learner import HIST_BINS, HIST_HI, HIST_LO, auc_from_hist
 from ray_backend.algorithms.sgd import AUTO, choice, integer, number
@@ -95,9 +95,17 @@ class FactorizationMachines(Algorithm):
         s2 = np.asarray(sq @ (V * V), dtype=np.float64)
         z = b + np.asarray(features @ w, dtype=np.float64).reshape(-1) + 0.5 * (s * s - s2).sum(axis=1)
         if self.kind == BINARY:
-            p = _sigmoid(z)
-            return {"score": p.astype(np.float32), "predicted_label": (p >= 0.5).astype(np.float32)}
+            return {"score": _sigmoid(z).astype(np.float32), "predicted_label": (z >= 0.0).astype(np.float32)}
         return {"score": z.astype(np.float32)}
+
+    def linear_form(self) -> LinearForm:
+        """bias + x·w + the pairwise interactions of `factors`, with a logistic link (binary) or none."""
+        if self.state is None:
+            raise RuntimeError("load_state() first")
+        t = self.state.tensors
+        return LinearForm(t["linear"].astype(np.float64).reshape(-1, 1), t["bias"].astype(np.float64).reshape(1),
+                          "logistic" if self.kind == BINARY else "identity",
+                          factors=t["factors"].astype(np.float64).reshape(self.feature_dim, -1))
 
     def train(self, ctx: TrainContext) -> ModelState:
         """Epochs of local mini-batch steps with periodic model averaging; a checkpoint per epoch."""

@@ -1,5 +1,6 @@
-"""In-cluster scoring of linear models by Spark ML's own JVM model classes (LinearRegressionModel for the margin,
-a multinomial LogisticRegressionModel for softmax) built from the artifact's weights, the rest in plain Spark SQL:
+"""In-cluster scoring of linear models and factorization machines by Spark ML's own JVM model classes
+(LinearRegressionModel or FMRegressionModel for the margin, a multinomial LogisticRegressionModel for softmax) built
+from the artifact's weights, the rest in plain Spark SQL:
 no Python worker, no Arrow transfer, sparse rows stay sparse, the plan stays lazy. Used by RayModel.transform when
 `nativeScoring` is on and the model has a `LinearForm`; None (the caller scores in Python) where that is not
 possible: Spark Connect, array features, other outputs (see `applicable`)."""
@@ -13,10 +14,6 @@ import numpy as np
 from ray_backend.algorithm import LinearForm
 from sparkml_ext.struct_view import as_vector, vector_struct
 
-_SPARK_ML = {"identity": "org.apache.spark.ml.regression.LinearRegressionModel",
-             "logistic": "org.apache.spark.ml.regression.LinearRegressionModel",
-             "softmax": "org.apache.spark.ml.classification.LogisticRegressionModel"}
-
 
 def _jvm_doubles(spark, values: np.ndarray):
     """A JVM double[] with `values` (one bulk transfer of their bytes, not one call per value)."""
@@ -28,19 +25,23 @@ def _jvm_doubles(spark, values: np.ndarray):
 
 
 def spark_ml_model(spark, form: LinearForm):
-    """The Spark ML model (Python wrapper over the JVM object) that computes x·W + b: a LinearRegressionModel (one
-    output; its prediction is the margin) or, for softmax, a multinomial LogisticRegressionModel."""
+    """The Spark ML model (Python wrapper over the JVM object) that computes the margin z: a LinearRegressionModel
+    (x·W + b), an FMRegressionModel (with factors), or for softmax a multinomial LogisticRegressionModel."""
     from pyspark.ml.classification import LogisticRegressionModel
-    from pyspark.ml.regression import LinearRegressionModel
+    from pyspark.ml.regression import FMRegressionModel, LinearRegressionModel
 
     jvm = spark.sparkContext._jvm
-    vectors, cls = jvm.org.apache.spark.ml.linalg.Vectors, _SPARK_ML[form.link]
-    uid = f"{cls.rsplit('.', 1)[1]}_sparkml_ext_{uuid.uuid4().hex[:12]}"
+    vectors, uid = jvm.org.apache.spark.ml.linalg.Vectors, f"sparkml_ext_{form.link}_{uuid.uuid4().hex[:12]}"
     d, k = form.weights.shape
     if form.link == "softmax":  # Spark's coefficient matrix is k x d, column-major = our d x k row-major
         matrix = jvm.org.apache.spark.ml.linalg.Matrices.dense(k, d, _jvm_doubles(spark, form.weights))
         model = LogisticRegressionModel(jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
             uid, matrix, vectors.dense(_jvm_doubles(spark, form.bias)), k, True))
+    elif form.factors is not None:  # Spark's factor matrix is d x f, column-major
+        factors = jvm.org.apache.spark.ml.linalg.Matrices.dense(d, form.factors.shape[1],
+                                                                 _jvm_doubles(spark, form.factors.T))
+        model = FMRegressionModel(jvm.org.apache.spark.ml.regression.FMRegressionModel(
+            uid, float(form.bias[0]), vectors.dense(_jvm_doubles(spark, form.weights[:, 0])), factors))
     else:
         model = LinearRegressionModel(jvm.org.apache.spark.ml.regression.LinearRegressionModel(
             uid, vectors.dense(_jvm_doubles(spark, form.weights[:, 0])), float(form.bias[0])))

@@ -26,7 +26,11 @@ def write_artifact(tmp_path, algorithm: str, predictor_type: str, weights: np.nd
     """An artifact of `algorithm` with the given weights, as its training job would save it."""
     hp = {"predictor_type": predictor_type, "epochs": 1}
     tensors = {"weights": weights, "bias": bias}
-    if algorithm == "linear-sgd":
+    if algorithm == "factorization-machines":
+        outputs = ["score", "predicted_label"] if predictor_type == "binary_classifier" else ["score"]
+        hp["num_factors"] = extra["factors"].shape[1]
+        tensors = {"linear": weights, "bias": bias, **extra}
+    elif algorithm == "linear-sgd":
         outputs = ["score", "predicted_label"] if predictor_type == "binary_classifier" else ["score"]
         tensors.update(velocity_w=np.zeros(DIM), velocity_b=np.zeros(1))
     else:
@@ -78,7 +82,21 @@ CASES = {
     "linear-learner regressor": ("linear-learner", "regressor", RNG.normal(size=(DIM, 1)), np.array([2.0]), {}),
     "linear-learner multiclass": ("linear-learner", "multiclass_classifier", RNG.normal(size=(DIM, 3)),
                                   np.array([0.1, -0.2, 0.3]), {}),
+    "factorization-machines binary": ("factorization-machines", "binary_classifier", RNG.normal(size=DIM),
+                                      np.array([0.1]), {"factors": 0.3 * RNG.normal(size=(DIM, 3))}),
+    "factorization-machines regressor": ("factorization-machines", "regressor", RNG.normal(size=DIM),
+                                         np.array([-0.3]), {"factors": 0.3 * RNG.normal(size=(DIM, 4))}),
 }
+
+
+def margins(w: np.ndarray, b: np.ndarray, factors: np.ndarray | None = None) -> np.ndarray:
+    """x·W + b for every row of X, plus a factorization machine's pairwise terms (a plain double loop)."""
+    z = X @ w.reshape(DIM, -1) + b
+    if factors is not None:
+        for i in range(DIM):
+            for j in range(i + 1, DIM):
+                z[:, 0] += (factors[i] @ factors[j]) * X[:, i] * X[:, j]
+    return z
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -91,7 +109,7 @@ def test_spark_ml_scores_what_the_python_predictor_scores(spark, rows, tmp_path,
     assert native.schema == python.schema
     assert_approx_df_equality(plain(native), plain(python), precision=1e-5)
 
-    z = X @ w.reshape(DIM, -1) + b
+    z = margins(w, b, extra.get("factors"))
     got = native.orderBy("id").collect()
     if kind == "regressor":
         np.testing.assert_allclose([r.prediction for r in got], z[:, 0], rtol=1e-9)
@@ -100,6 +118,7 @@ def test_spark_ml_scores_what_the_python_predictor_scores(spark, rows, tmp_path,
         far = np.abs(z[:, 0] - threshold) > 1e-6
         assert np.array_equal(np.array([r.prediction for r in got])[far], (z[:, 0] > threshold)[far])
         np.testing.assert_allclose([r.score for r in got], 1 / (1 + np.exp(-z[:, 0])), rtol=1e-9)
+        np.testing.assert_allclose([r.rawPrediction.toArray() for r in got], np.c_[-z[:, 0], z[:, 0]], rtol=1e-9)
     else:
         p = np.exp(z - z.max(axis=1, keepdims=True))
         np.testing.assert_allclose([r.score.toArray() for r in got], p / p.sum(axis=1, keepdims=True), rtol=1e-9)
