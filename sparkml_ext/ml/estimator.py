@@ -52,10 +52,10 @@ class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
     """Params of a fitted model: its input/output columns and invalid-row handling (training Params carry over)."""
 
     nativeScoring = Param(Params._dummy(), "nativeScoring",
-                          "score linear models (Linear Learner, linear-sgd) in-cluster with Spark ML's own JVM model "
-                          "classes built from the artifact's weights instead of a Python predictor (same outputs, "
-                          "no Python worker); where that is impossible (Spark Connect, streaming, array features, an "
-                          "input whose plan shuffles outside cached data) the Python predictor scores",
+                          "score linear models and factorization machines (Linear Learner, linear-sgd, "
+                          "factorization-machines) in-cluster with Spark ML's own JVM model classes built from the "
+                          "artifact's weights instead of a Python predictor (same outputs, no Python worker); where "
+                          "that is impossible (Spark Connect, array features) the Python predictor scores",
                           typeConverter=TypeConverters.toBoolean)
 
     def __init__(self, *args, **kwargs):
