@@ -1,9 +1,9 @@
 """In-cluster scoring of linear models and factorization machines by Spark ML's own JVM model classes
 (LinearRegressionModel or FMRegressionModel for the margin, a multinomial LogisticRegressionModel for softmax) built
-from the artifact's weights, the rest in plain Spark SQL:
-no Python worker, no Arrow transfer, sparse rows stay sparse, the plan stays lazy. Used by RayModel.transform when
-`nativeScoring` is on and the model has a `LinearForm`; None (the caller scores in Python) where that is not
-possible: Spark Connect, array features, other outputs (see `applicable`)."""
+from the artifact's weights, the rest in plain Spark SQL: no Python worker, no Arrow transfer, sparse rows stay
+sparse, the plan stays lazy. Used by RayModel.transform when `nativeScoring` is on and the model has a `LinearForm`;
+None (the caller scores in Python) where that is not possible: Spark Connect, array features, other outputs (see
+`applicable`)."""
 
 from __future__ import annotations
 
@@ -77,32 +77,27 @@ def transform(dataset, form: LinearForm, feat: str, handle_invalid: str, columns
 
     spark, dim = dataset.sparkSession, form.weights.shape[0]
     stored = vector_struct(spark, F.col(feat))
-    if stored is None or any(src not in _SOURCES[form.link] for _, src in columns):
+    if stored is None:
+        return None
+    tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
+    ok, features, out, prob, raw = (f"{tmp}_{s}" for s in ("ok", "features", "out", "probability", "raw"))
+    sources = _outputs(spark, form.link, form.threshold, out, prob, raw)
+    if any(src not in sources for _, src in columns):
         return None
     size = F.when(stored["type"] == 1, F.size(stored["values"])).otherwise(stored["size"])
     valid = F.coalesce(F.col(feat).isNotNull() & (size == dim), F.lit(False))
-    tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
-    ok, features, out, prob, raw = (f"{tmp}_{s}" for s in ("ok", "features", "out", "probability", "raw"))
     if handle_invalid == "keep":
         zero = as_vector(spark, F.struct(F.lit(0).cast("tinyint"), F.lit(dim), F.array().cast("array<int>"),
                                          F.array().cast("array<double>")))
         staged = dataset.withColumn(ok, valid).withColumn(features, F.when(F.col(ok), F.col(feat)).otherwise(zero))
     else:
-        staged, features = dataset.filter(valid if handle_invalid == "skip" else F.when(valid, F.lit(True)).otherwise(
-            F.raise_error(F.lit(f"column {feat!r} has rows that are null or not of size {dim}; set handleInvalid "
-                                "to 'skip' or 'keep'")))), feat
+        fail = F.raise_error(F.lit(f"column {feat!r} has rows that are null or not of size {dim}; set handleInvalid "
+                                   "to 'skip' or 'keep'"))
+        keep_row = valid if handle_invalid == "skip" else F.when(valid, F.lit(True)).otherwise(fail)
+        staged, features = dataset.filter(keep_row), feat
     model = spark_ml_model(spark, form).setFeaturesCol(features).setPredictionCol(out)
     if form.link == "softmax":
         model = model.setProbabilityCol(prob).setRawPredictionCol(raw)
-    sources = {"score": F.col(out)}
-    if form.link == "logistic":
-        m = F.col(out)
-        s = 1.0 / (1.0 + F.exp(-m))
-        sources = {"score": s, "predicted_label": (m >= form.threshold).cast("double"),
-                   "probability": _dense_pair(spark, 1.0 - s, s), "rawPrediction": _dense_pair(spark, -m, m)}
-    elif form.link == "softmax":
-        sources = {"score": F.col(prob), "predicted_label": F.col(out), "probability": F.col(prob),
-                   "rawPrediction": F.col(raw)}
     # null where not ok (keep; after the filters every row is valid): nullable, metadata-free columns, as the
     # Python scorer gives
     kept = F.col(ok) if handle_invalid == "keep" else F.col(features).isNotNull()
@@ -110,5 +105,16 @@ def transform(dataset, form: LinearForm, feat: str, handle_invalid: str, columns
                                                               for name, src in columns])
 
 
-_SOURCES = {"identity": {"score"}, "logistic": {"score", "predicted_label", "probability", "rawPrediction"},
-            "softmax": {"score", "predicted_label", "probability", "rawPrediction"}}
+def _outputs(spark, link: str, threshold: float, out: str, prob: str, raw: str) -> dict:
+    """The SageMaker-style outputs a link gives, as expressions over the Spark ML model's output columns (`out`:
+    the margin, or for softmax the predicted class; `prob`, `raw`: softmax's Vectors)."""
+    from pyspark.sql import functions as F
+
+    m = F.col(out)
+    if link == "logistic":
+        s = 1.0 / (1.0 + F.exp(-m))
+        return {"score": s, "predicted_label": (m >= threshold).cast("double"),
+                "probability": _dense_pair(spark, 1.0 - s, s), "rawPrediction": _dense_pair(spark, -m, m)}
+    if link == "softmax":
+        return {"score": F.col(prob), "predicted_label": m, "probability": F.col(prob), "rawPrediction": F.col(raw)}
+    return {"score": m}

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from ray_backend.serving import endpoint
 from sparkml_ext.ml.estimator import RayModel
-from tests.ray_backend.test_serving import linear_artifact
+from tests.ray_backend.helpers import linear_artifact
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.ray]
 DIM = 4

@@ -21,8 +21,8 @@ import recordio
 from ray_backend.serving import endpoint, protocol
 from sparkml_ext.ml.endpoint import EndpointClient, EndpointError, request_bodies, score_with_endpoint
 from sparkml_ext.ml.estimator import RayModel
-from tests.ml.test_native_scoring import plain
-from tests.ray_backend.test_serving import linear_artifact
+from tests.ml.helpers import plain
+from tests.ray_backend.helpers import linear_artifact
 
 pytestmark = [pytest.mark.spark, pytest.mark.ray]
 DIM = 30

@@ -9,11 +9,11 @@ import pytest
 from chispa import assert_approx_df_equality
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import Vectors, VectorUDT
-from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StructField, StructType
 
-from ray_backend import artifact
 from sparkml_ext.ml.estimator import RayModel
+from tests.ml.helpers import plain
+from tests.ray_backend.helpers import save_artifact
 
 DIM = 6
 RNG = np.random.default_rng(7)
@@ -24,25 +24,8 @@ X[X < -0.4] = 0.0  # zeros, so the sparse rows below hold fewer values than DIM
 def write_artifact(tmp_path, algorithm: str, predictor_type: str, weights: np.ndarray, bias: np.ndarray,
                    **extra) -> str:
     """An artifact of `algorithm` with the given weights, as its training job would save it."""
-    hp = {"predictor_type": predictor_type, "epochs": 1}
-    tensors = {"weights": weights, "bias": bias}
-    if algorithm == "factorization-machines":
-        outputs = ["score", "predicted_label"] if predictor_type == "binary_classifier" else ["score"]
-        hp["num_factors"] = extra["factors"].shape[1]
-        tensors = {"linear": weights, "bias": bias, **extra}
-    elif algorithm == "linear-sgd":
-        outputs = ["score", "predicted_label"] if predictor_type == "binary_classifier" else ["score"]
-        tensors.update(velocity_w=np.zeros(DIM), velocity_b=np.zeros(1))
-    else:
-        outputs = {"binary_classifier": ["score", "predicted_label"], "regressor": ["score"],
-                   "multiclass_classifier": ["score", "predicted_label", "probability", "rawPrediction"]}[
-            predictor_type]
-        if predictor_type == "multiclass_classifier":
-            hp["num_classes"] = weights.shape[1]
-        tensors.update(extra)
-    meta = {"algorithm": algorithm, "feature_dim": DIM, "hyperparameters": hp, "output_columns": outputs,
-            "input_schema": {"sparse": False}, "state": {"epoch": 0}}
-    return artifact.save(str(tmp_path / algorithm / predictor_type / "model"), meta, tensors)
+    return save_artifact(tmp_path / algorithm / predictor_type / "model", algorithm, predictor_type, weights, bias,
+                         **extra)
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +35,6 @@ def rows(spark):
              Vectors.sparse(DIM, {j: float(v) for j, v in enumerate(x) if v != 0.0}))
             for i, x in enumerate(X)]
     return spark.createDataFrame(data, ["id", "features"]).repartition(3).cache()
-
-
-def plain(df):
-    """Every Vector column (but the features) as one number column per element, ordered by id, so that chispa
-    compares them approximately; widths from the first row."""
-    first = df.first()
-    cols = []
-    for c in df.columns:
-        if c == "features":
-            continue
-        if isinstance(df.schema[c].dataType, VectorUDT):
-            cols += [vector_to_array(c)[i].alias(f"{c}_{i}") for i in range(len(first[c]))]
-        else:
-            cols.append(F.col(c))
-    return df.select(*cols).orderBy("id")
 
 
 def uses_python(df) -> bool:

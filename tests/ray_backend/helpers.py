@@ -62,3 +62,38 @@ def split(x: np.ndarray, y: np.ndarray, k: int) -> list[tuple[np.ndarray, np.nda
     """Cut (x, y) into k consecutive parts."""
     bounds = np.linspace(0, len(x), k + 1).astype(int)
     return [(x[a:b], y[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def save_artifact(path: str | os.PathLike, algorithm: str, predictor_type: str, weights: np.ndarray,
+                  bias: np.ndarray, *, sparse: bool = False, **extra: np.ndarray) -> str:
+    """An artifact of a linear-form `algorithm` with known weights, as its training job would save it (no Ray job)."""
+    from ray_backend import artifact
+
+    dim = weights.shape[0]
+    hp = {"predictor_type": predictor_type, "epochs": 1}
+    binary_or_regressor = ["score", "predicted_label"] if predictor_type == "binary_classifier" else ["score"]
+    tensors = {"weights": weights, "bias": bias}
+    if algorithm == "factorization-machines":
+        outputs = binary_or_regressor
+        hp["num_factors"] = extra["factors"].shape[1]
+        tensors = {"linear": weights, "bias": bias, **extra}
+    elif algorithm == "linear-sgd":
+        outputs = binary_or_regressor
+        tensors.update(velocity_w=np.zeros(dim), velocity_b=np.zeros(1))
+    else:
+        outputs = binary_or_regressor if predictor_type != "multiclass_classifier" else [
+            "score", "predicted_label", "probability", "rawPrediction"]
+        if predictor_type == "multiclass_classifier":
+            hp["num_classes"] = weights.shape[1]
+        tensors.update(extra)
+    meta = {"algorithm": algorithm, "feature_dim": dim, "hyperparameters": hp, "output_columns": outputs,
+            "input_schema": {"sparse": sparse}, "state": {"epoch": 0}}
+    return artifact.save(str(path), meta, tensors)
+
+
+def linear_artifact(path: str | os.PathLike, seed: int = 1, dim: int = 6, predictor_type: str = "binary_classifier",
+                    sparse: bool = False) -> str:
+    """A linear-sgd artifact with random weights (serving and transform tests need no trained model)."""
+    rng = np.random.default_rng(seed)
+    return save_artifact(path, "linear-sgd", predictor_type, rng.normal(size=dim), np.array([rng.normal()]),
+                         sparse=sparse)

@@ -10,20 +10,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ray_backend import artifact
 from ray_backend.predictor import clear_cache, load_predictor
+from tests.ray_backend.helpers import save_artifact
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 
 
 def linear_artifact(tmp_path, predictor_type="binary_classifier") -> tuple[str, np.ndarray, float]:
-    rng = np.random.default_rng(1)
-    w, b = rng.normal(size=6), 0.25
-    meta = {"algorithm": "linear-sgd", "feature_dim": 6,
-            "hyperparameters": {"predictor_type": predictor_type, "epochs": 1},
-            "output_columns": ["score", "predicted_label"], "state": {"epoch": 0}}
-    tensors = {"weights": w, "bias": np.array([b]), "velocity_w": np.zeros(6), "velocity_b": np.zeros(1)}
-    return artifact.save(str(tmp_path / "m" / "model"), meta, tensors), w, b
+    """A linear-sgd artifact with known weights: (uri, w, b)."""
+    w, b = np.random.default_rng(1).normal(size=6), 0.25
+    return save_artifact(tmp_path / "m" / "model", "linear-sgd", predictor_type, w, np.array([b])), w, b
 
 
 def test_dense_and_sparse_predictions_agree_with_the_weights(tmp_path):

@@ -20,26 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recordio
-from ray_backend import artifact
 from ray_backend.errors import ArtifactError
 from ray_backend.predictor import load_predictor
 from ray_backend.serving import endpoint, protocol
+from tests.ray_backend.helpers import linear_artifact
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 DIM = 6
-
-
-def linear_artifact(path, seed: int = 1, dim: int = DIM, predictor_type: str = "binary_classifier",
-                    sparse: bool = False) -> str:
-    """A linear-sgd artifact with random weights (no training needed to test serving)."""
-    rng = np.random.default_rng(seed)
-    meta = {"algorithm": "linear-sgd", "feature_dim": dim, "input_schema": {"sparse": sparse},
-            "hyperparameters": {"predictor_type": predictor_type, "epochs": 1},
-            "output_columns": ["score", "predicted_label"] if predictor_type != "regressor" else ["score"],
-            "state": {"epoch": 0}}
-    tensors = {"weights": rng.normal(size=dim), "bias": np.array([rng.normal()]), "velocity_w": np.zeros(dim),
-               "velocity_b": np.zeros(1)}
-    return artifact.save(str(path), meta, tensors)
 
 
 def post(url: str, body: bytes, headers: dict | None = None, method: str = "POST") -> tuple[int, dict, bytes]:
