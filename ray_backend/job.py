@@ -32,6 +32,9 @@ _PROGRESS_EVERY_S = 0.5
 # cost per job and per report; the preemption watcher (spot-instance notices) is one more actor to start.
 # Both are read from the driver's environment at fit(); a value the user set wins.
 _RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# What run_job imports on the driver before it can start a run (~2 s with torch): a caller with other work to do
+# first (Spark staging) can import them meanwhile.
+DRIVER_MODULES = ("ray.train", "ray.train.torch")
 
 
 @dataclass

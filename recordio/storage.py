@@ -46,8 +46,12 @@ def resolve(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str
         opts = (s3 or S3Options.from_env()).as_kwargs()
         return pafs.S3FileSystem(**opts), f"{parsed.netloc}{parsed.path}".rstrip("/")
     if parsed.scheme == "hdfs":
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except OSError as exc:  # pyarrow reaches HDFS through JNI: libhdfs, a JVM and Hadoop's jars
+            raise OSError(f"cannot open {uri!r}: hdfs:// needs a Hadoop client on this machine (libhdfs.so under "
+                          "$HADOOP_HOME/lib/native or $ARROW_LIBHDFS_DIR, $JAVA_HOME, and CLASSPATH set to "
+                          f"`hadoop classpath --glob`): {exc}") from exc
     raise ValueError(f"unsupported storage URI scheme {parsed.scheme!r} in {uri!r} (use a path, file://, s3:// or hdfs://)")
 
 

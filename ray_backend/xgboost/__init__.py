@@ -3,6 +3,13 @@ shards, one artifact format (model.json + model.ubj). Importing this package imp
 
 from __future__ import annotations
 
-from ray_backend.xgboost.job import ENGINES, XGBoostJobSpec, prepare, resolve_engine, run_xgboost_job
+from ray_backend.xgboost.job import (
+    ENGINES,
+    XGBoostJobSpec,
+    driver_modules,
+    prepare,
+    resolve_engine,
+    run_xgboost_job,
+)
 
-__all__ = ["ENGINES", "XGBoostJobSpec", "prepare", "resolve_engine", "run_xgboost_job"]
+__all__ = ["ENGINES", "XGBoostJobSpec", "driver_modules", "prepare", "resolve_engine", "run_xgboost_job"]

@@ -90,6 +90,11 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
+def driver_modules(engine: str) -> tuple[str, ...]:
+    """What `run_xgboost_job` imports on the driver for `engine` (see `ray_backend.job.DRIVER_MODULES`)."""
+    return ("xgboost_ray",) if resolve_engine(engine) == "xgboost-ray" else ("ray.train", "ray.train.xgboost")
+
+
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

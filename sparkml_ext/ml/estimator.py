@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -149,6 +151,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         job = f"{self._algorithm().split(':')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         label = self.getLabelCol() if self._needs_label else None
         train_df, val_df = self._split(dataset)
+        loader = _import_in_background(self._driver_modules())
         try:
             train = write_channel(train_df, channel_uri(staging, job, "train"), self.getFeaturesCol(), label,
                                   channel="train", s3=s3)
@@ -156,6 +159,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
             if val_df is not None:
                 validation = write_channel(val_df, channel_uri(staging, job, "validation"), self.getFeaturesCol(),
                                            label, channel="validation", s3=s3)
+            loader.join()  # no Ray work on this thread while that one may still be importing Ray's modules
             with _ray_address(self.getRayAddress(), dataset.sparkSession, self.getNumWorkers()) as address:
                 def channel(ch):
                     return ChannelSpec(ch.uri, distribution=self.getDataDistribution(),
@@ -186,6 +190,12 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
             raise ValueError(f"initialModelUri {uri!r} holds a {trained!r} model; this estimator trains "
                              f"{self._algorithm()!r}")
 
+    def _driver_modules(self) -> tuple[str, ...]:
+        """The modules `_run_job` imports on the driver, loaded while Spark stages the data."""
+        from ray_backend.job import DRIVER_MODULES
+
+        return DRIVER_MODULES
+
     def _run_job(self, spec: dict):
         """Run the training job given as `ray_backend.job.JobSpec` fields; estimators with their own engine
         override this. Returns a `ray_backend.job.JobResult`."""
@@ -204,6 +214,22 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
     @classmethod
     def read(cls) -> persistence.ParamsReader:
         return persistence.ParamsReader(cls)
+
+
+def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
+    """Import `modules` on a daemon thread (a first fit's driver spends ~2 s importing Ray Train and torch, while
+    staging keeps Spark's executors, not this process, busy). An import error is left for the real import to raise."""
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (reported where the job imports it)
+                return
+
+    thread = threading.Thread(target=load, name="sparkml-ext-import", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager

@@ -196,6 +196,11 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         model = RayEstimator._fit(est, assemble(dataset))
         return model._set(featuresCol=feat)
 
+    def _driver_modules(self) -> tuple[str, ...]:
+        from ray_backend.xgboost import driver_modules
+
+        return driver_modules(self.getEngine())
+
     def _run_job(self, spec: dict):
         """Run the XGBoost job (xgboost-ray or Ray Train) on the staged channels."""
         from ray_backend.xgboost import XGBoostJobSpec, run_xgboost_job

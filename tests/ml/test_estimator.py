@@ -113,6 +113,27 @@ def test_estimator_params_defaults_copy_and_explain():
         RayEstimator(numWorkerz=2)
 
 
+def test_the_job_driver_modules_load_on_a_background_thread(tmp_path, monkeypatch):
+    """fit() imports what the Ray job needs on a thread while Spark stages; a module that fails is left for the job
+    to report, and the modules named are the ones the engines import."""
+    import importlib.util
+    import sys
+
+    from sparkml_ext import XGBoostClassifier
+    from sparkml_ext.ml.estimator import _import_in_background
+
+    module = tmp_path / "sparkml_ext_probe_module.py"
+    module.write_text("import threading\nTHREAD = threading.current_thread().name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "sparkml_ext_probe_module", raising=False)
+    _import_in_background(("sparkml_ext_probe_module", "sparkml_ext_no_such_module")).join(30)
+    assert sys.modules["sparkml_ext_probe_module"].THREAD == "sparkml-ext-import"
+    assert "sparkml_ext_no_such_module" not in sys.modules
+    names = [*RayEstimator()._driver_modules(), *XGBoostClassifier(engine="ray-train")._driver_modules()]
+    assert "ray.train.torch" in names and "ray.train.xgboost" in names
+    assert all(importlib.util.find_spec(n) is not None for n in names)
+
+
 def test_bad_input_fails_before_any_staging_or_job(spark, tmp_path):
     df = spark.createDataFrame([(1.0, "x")], ["a", "label"])
     est = RayEstimator(algorithm="linear-sgd", stagingUri=str(tmp_path / "s"))
