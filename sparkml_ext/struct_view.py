@@ -60,7 +60,7 @@ def as_vector(spark, column):
 
 def vector_struct_view(data, column: str):
     """`data` with its Vector column re-typed as the struct (type, size, indices, values); None where unavailable."""
-    from pyspark.sql import functions as F
+    from sparkml_ext.columns import col
 
-    view = vector_struct(data.sparkSession, F.col(column))
+    view = vector_struct(data.sparkSession, col(column))
     return None if view is None else data.withColumn(column, view)

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BooleanType, DoubleType, FloatType, NumericType, StructField, StructType
 
 from recordio import storage
+from sparkml_ext.columns import col, every, map_in_arrow
 from sparkml_ext.ml import endpoint, persistence, scoring
 from sparkml_ext.ml.endpoint import EndpointParams
 from sparkml_ext.ml.params import RayTrainingParams, accessors
@@ -128,7 +129,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         if self.isDefined(self.validationData):
             return dataset, self.getOrDefault(self.validationData)
         if self.isDefined(self.validationIndicatorCol):
-            flag = F.col(self.getValidationIndicatorCol()).cast("boolean")
+            flag = col(self.getValidationIndicatorCol()).cast("boolean")
             return dataset.filter(~flag), dataset.filter(flag)
         fraction = self.getValidationFraction()
         if fraction > 0:
@@ -349,7 +350,7 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             udf = F.arrow_udf(scorers.make_column_scorer(config), self._column_scorer_type(columns))
             return self._transform_columnwise(dataset, config, columns, ftype, udf)
         schema = StructType(dataset.schema.fields + [StructField(n, t, True) for n, _, t in columns])
-        return dataset.mapInArrow(scorers.make_batch_scorer(config), schema)
+        return map_in_arrow(dataset, scorers.make_batch_scorer(config), schema)
 
     def _transform_natively(self, dataset: DataFrame, meta: dict, config: dict) -> DataFrame | None:
         """Spark ML's JVM models score an algorithm that has a linear form (sparkml_ext.ml.native_scoring); None for
@@ -377,7 +378,7 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         densifies."""
         from pyspark.ml.functions import vector_to_array
 
-        feat = F.col(config["features_col"])
+        feat = col(config["features_col"])
         # vector_to_array refuses nulls: keep them null for handleInvalid
         arr = F.when(feat.isNotNull(), vector_to_array(feat, "float32") if isinstance(ftype, VectorUDT) else feat)
         tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
@@ -385,10 +386,10 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         # an Arrow UDF straight over a columnar scan (Parquet) takes Spark 4.3's columnar-input path, which converts
         # every scanned column to Arrow and fails on Vector (UDT) columns.
         staged = dataset.withColumn(f"{tmp}_in", arr)
-        scored = staged.withColumn(tmp, udf(F.when(F.col(f"{tmp}_in").isNotNull(), F.col(f"{tmp}_in"))))
+        scored = staged.withColumn(tmp, udf(F.when(col(f"{tmp}_in").isNotNull(), col(f"{tmp}_in"))))
         if config["handle_invalid"] == "skip":
-            scored = scored.filter(F.col(f"{tmp}.{scoring.VALID}"))
-        return scored.select(*dataset.columns, *[F.col(f"{tmp}.c{i}").alias(n) for i, (n, _, _) in enumerate(columns)])
+            scored = scored.filter(col(tmp)[scoring.VALID])
+        return scored.select(*every(dataset), *[col(tmp)[f"c{i}"].alias(n) for i, (n, _, _) in enumerate(columns)])
 
     def write(self) -> persistence.ModelWriter:
         """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from sparkml_ext.columns import col
 from sparkml_ext.ml.estimator import BuiltinEstimator, RayModel
 from sparkml_ext.ml.sagemaker_params import (
     AUTO,
@@ -145,7 +146,7 @@ class LinearLearnerMultiClassClassifier(_LinearLearner):
         if self.getOrDefault(self.num_classes) != AUTO:
             return super()._fit(dataset)
         self._check_input(dataset)
-        label = F.col(self.getLabelCol())
+        label = col(self.getLabelCol())
         row = dataset.agg(F.max(label).alias("top"), F.min(label).alias("low"),
                           F.sum((label != F.floor(label)).cast("int")).alias("fractional")).first()
         if row["top"] is None:

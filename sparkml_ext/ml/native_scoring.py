@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 
 from ray_backend.algorithm import LinearForm
+from sparkml_ext.columns import col, every
 from sparkml_ext.struct_view import as_vector, vector_struct
 
 
@@ -76,7 +77,7 @@ def transform(dataset, form: LinearForm, feat: str, handle_invalid: str, columns
     from pyspark.sql import functions as F
 
     spark, dim = dataset.sparkSession, form.weights.shape[0]
-    stored = vector_struct(spark, F.col(feat))
+    stored = vector_struct(spark, col(feat))
     if stored is None:
         return None
     tmp = f"__sparkml_ext_{uuid.uuid4().hex[:8]}"
@@ -85,23 +86,23 @@ def transform(dataset, form: LinearForm, feat: str, handle_invalid: str, columns
     if any(src not in sources for _, src in columns):
         return None
     size = F.when(stored["type"] == 1, F.size(stored["values"])).otherwise(stored["size"])
-    valid = F.coalesce(F.col(feat).isNotNull() & (size == dim), F.lit(False))
+    valid = F.coalesce(col(feat).isNotNull() & (size == dim), F.lit(False))
     if handle_invalid == "keep":
         zero = as_vector(spark, F.struct(F.lit(0).cast("tinyint"), F.lit(dim), F.array().cast("array<int>"),
                                          F.array().cast("array<double>")))
-        staged = dataset.withColumn(ok, valid).withColumn(features, F.when(F.col(ok), F.col(feat)).otherwise(zero))
+        staged = dataset.withColumn(ok, valid).withColumn(features, F.when(col(ok), col(feat)).otherwise(zero))
     else:
         fail = F.raise_error(F.lit(f"column {feat!r} has rows that are null or not of size {dim}; set handleInvalid "
                                    "to 'skip' or 'keep'"))
         keep_row = valid if handle_invalid == "skip" else F.when(valid, F.lit(True)).otherwise(fail)
-        staged, features = dataset.filter(keep_row), feat
+        staged = dataset.filter(keep_row).withColumn(features, col(feat))  # Spark ML reads a dot as a field
     model = spark_ml_model(spark, form).setFeaturesCol(features).setPredictionCol(out)
     if form.link == "softmax":
         model = model.setProbabilityCol(prob).setRawPredictionCol(raw)
     # null where not ok (keep; after the filters every row is valid): nullable, metadata-free columns, as the
     # Python scorer gives
-    kept = F.col(ok) if handle_invalid == "keep" else F.col(features).isNotNull()
-    return model.transform(staged).select(*dataset.columns, *[F.when(kept, sources[src]).alias(name, metadata={})
+    kept = col(ok) if handle_invalid == "keep" else col(features).isNotNull()
+    return model.transform(staged).select(*every(dataset), *[F.when(kept, sources[src]).alias(name, metadata={})
                                                               for name, src in columns])
 
 
@@ -110,11 +111,11 @@ def _outputs(spark, link: str, threshold: float, out: str, prob: str, raw: str) 
     the margin, or for softmax the predicted class; `prob`, `raw`: softmax's Vectors)."""
     from pyspark.sql import functions as F
 
-    m = F.col(out)
+    m = col(out)
     if link == "logistic":
         s = 1.0 / (1.0 + F.exp(-m))
         return {"score": s, "predicted_label": (m >= threshold).cast("double"),
                 "probability": _dense_pair(spark, 1.0 - s, s), "rawPrediction": _dense_pair(spark, -m, m)}
     if link == "softmax":
-        return {"score": F.col(prob), "predicted_label": m, "probability": F.col(prob), "rawPrediction": F.col(raw)}
+        return {"score": col(prob), "predicted_label": m, "probability": col(prob), "rawPrediction": col(raw)}
     return {"score": m}

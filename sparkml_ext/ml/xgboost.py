@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, NumericType
 
+from sparkml_ext.columns import col
 from sparkml_ext.ml.estimator import BuiltinEstimator, RayEstimator, RayModel
 from sparkml_ext.ml.params import accessors
 from sparkml_ext.ml.sagemaker_params import Hyperparameter, SageMakerHyperparameters, declare, one_of, ranged
@@ -142,13 +143,13 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         return hp
 
     def _check_values(self, dataset: DataFrame, hp: dict, weight: str | None, multi: bool) -> dict:
-        label = F.col(self.getLabelCol()).cast("double")
+        label = col(self.getLabelCol()).cast("double")
         aggs = []
         if self._classifier:
             aggs += [F.min(label).alias("lo"), F.max(label).alias("hi"),
                      F.sum((label != F.floor(label)).cast("long")).alias("fractional")]
         if weight is not None:
-            w = F.col(weight).cast("double")
+            w = col(weight).cast("double")
             aggs += [F.sum(F.when(w.isNull() | F.isnan(w) | (w < 0), 1).otherwise(0)).alias("bad_weights")]
         row = dataset.agg(*aggs).first()
         if weight is not None and row["bad_weights"]:
@@ -182,11 +183,10 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         tmp = f"__sparkml_ext_features_weight_{uuid.uuid4().hex[:8]}"
 
         def assemble(df: DataFrame) -> DataFrame:
-            source, feat_in = df, feat
-            if isinstance(df.schema[feat].dataType, ArrayType):
-                feat_in = f"{tmp}_vector"
-                source = df.withColumn(feat_in, array_to_vector(F.col(feat)))
-            return VectorAssembler(inputCols=[feat_in, weight], outputCol=tmp).transform(source)
+            # under names of ours: VectorAssembler reads a dot in an input column's name as a struct field
+            vector = array_to_vector(col(feat)) if isinstance(df.schema[feat].dataType, ArrayType) else col(feat)
+            staged = df.withColumn(f"{tmp}_features", vector).withColumn(f"{tmp}_weight", col(weight))
+            return VectorAssembler(inputCols=[f"{tmp}_features", f"{tmp}_weight"], outputCol=tmp).transform(staged)
 
         extra = {est.featuresCol: tmp}
         if est.hasParam("validationData") and est.isDefined(est.getParam("validationData")):

@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest, Shard
 from recordio.storage import S3Options, join, resolve
+from sparkml_ext.columns import col, map_in_arrow
 from sparkml_ext.staging.plan import ShardPlan, plan_shards
 from sparkml_ext.staging.validate import (
     KIND_VECTOR,
@@ -132,7 +133,7 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     spec = inspect_schema(df.schema, featuresCol, labelCol, uidCol, training)
     data = select_columns(df, spec)
     if validation == "full":
-        rows = data.mapInArrow(stats_task(spec_to_json(spec), _DTYPES[dtype]), STATS_SCHEMA).collect()
+        rows = map_in_arrow(data, stats_task(spec_to_json(spec), _DTYPES[dtype]), STATS_SCHEMA).collect()
         per_partition, sizes_checked = {r.pid: json.loads(r.stats) for r in rows}, True
     else:
         per_partition, sizes_checked = native_stats(data, spec, _DTYPES[dtype])
@@ -152,7 +153,7 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     _prepare_dir(fs, base, mode)
     cfg = {"uri": uri, "s3": s3d, "features": spec.encode_features, "label": spec.label, "uid": spec.uid,
            "dtype": dtype, "plan": splits, "fault": _fault, "observe_vectors": observe}
-    results = data.mapInArrow(write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+    results = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
     t2 = time.perf_counter()
     feature_dim, sparse_rows = stats.feature_dim, stats.sparse_rows
     if observe:
@@ -175,9 +176,8 @@ def _dense_as_arrays(data, column: str, dtype: str):
     """All rows are dense: hand the vectors to Python as plain arrays, which Spark moves to Arrow several times
     faster than the Vector struct (same records come out)."""
     from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
 
-    return data.withColumn(column, vector_to_array(F.col(column), dtype))
+    return data.withColumn(column, vector_to_array(col(column), dtype))
 
 
 def _check_observed(stat_rows, spec, fs: pafs.FileSystem, base: str) -> tuple[int, int]:

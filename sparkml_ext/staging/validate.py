@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparkml_ext.columns import col, map_in_arrow
 from sparkml_ext.struct_view import vector_struct_view
 
 KIND_VECTOR, KIND_ARRAY, KIND_COLUMNS = "vector", "array", "columns"
@@ -103,17 +104,15 @@ def inspect_schema(schema, features: str | Sequence[str], label: str | None, uid
 
 def select_columns(df, spec: FeatureSpec):
     """The projection the stats and write passes run on: only the needed columns, cast where required."""
-    from pyspark.sql import functions as F
-
     names = [*spec.features, *([spec.label] if spec.label else []), *([spec.uid] if spec.uid else [])]
-    return df.select(*[F.col(n).cast(spec.casts[n]).alias(n) if n in spec.casts else F.col(n) for n in names])
+    return df.select(*[col(n).cast(spec.casts[n]).alias(n) if n in spec.casts else col(n) for n in names])
 
 
-def _vector_dims(col: pa.StructArray) -> tuple[pa.Array, pa.Array, pa.Array]:
+def _vector_dims(vectors: pa.StructArray) -> tuple[pa.Array, pa.Array, pa.Array]:
     """(dimension, number of stored values, is-sparse) per row of a Spark vector struct column."""
-    nvals = pc.list_value_length(col.field("values")).cast(pa.int64())
-    sparse = pc.equal(col.field("type"), 0)
-    dims = pc.if_else(sparse, col.field("size").cast(pa.int64()), nvals)
+    nvals = pc.list_value_length(vectors.field("values")).cast(pa.int64())
+    sparse = pc.equal(vectors.field("type"), 0)
+    dims = pc.if_else(sparse, vectors.field("size").cast(pa.int64()), nvals)
     return dims, nvals, sparse
 
 
@@ -131,22 +130,22 @@ def partition_stats(batches: Iterator[pa.RecordBatch], spec: FeatureSpec, itemsi
             st["sizes"][len(spec.features)] += n
             est += n * len(spec.features) * itemsize
         else:
-            col = b.column(spec.features[0])
-            st["null_features"][0] += col.null_count
-            valid = pc.is_valid(col)
+            features = b.column(spec.features[0])
+            st["null_features"][0] += features.null_count
+            valid = pc.is_valid(features)
             if spec.kind == KIND_VECTOR:
-                dims, nvals, sparse = _vector_dims(col)
+                dims, nvals, sparse = _vector_dims(features)
                 sparse = pc.and_(sparse, valid)
                 nsparse = int(pc.sum(sparse).as_py() or 0)
                 st["sparse_rows"] += nsparse
                 nnz_sparse = int(pc.sum(pc.if_else(sparse, nvals, 0)).as_py() or 0)
                 est += 4 * nnz_sparse + 4 * nsparse
             else:
-                dims = nvals = pc.list_value_length(col).cast(pa.int64())
-                if col.type.value_field.nullable and col.null_count < n:
-                    flat = pc.list_flatten(col)
+                dims = nvals = pc.list_value_length(features).cast(pa.int64())
+                if features.type.value_field.nullable and features.null_count < n:
+                    flat = pc.list_flatten(features)
                     if flat.null_count:
-                        parents = pc.list_parent_indices(col)
+                        parents = pc.list_parent_indices(features)
                         st["null_elements"] += len(pc.unique(pc.filter(parents, pc.is_null(flat))))
             est += itemsize * int(pc.sum(pc.filter(nvals, valid)).as_py() or 0)
             vc = pc.value_counts(pc.filter(dims, valid))
@@ -231,7 +230,7 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
-    feat = F.col(spec.features[0])
+    feat = col(spec.features[0])
     zero = F.lit(0).cast("long")
     sparse_agg = sparse_values = zero
     checked = True
@@ -259,7 +258,7 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
         else:
             dim = F.lit(None).cast("int")
     aggs = [F.count(F.lit(1)).alias("rows")]
-    aggs += [F.sum(F.col(n).isNull().cast("long")).alias(f"null_{i}") for i, n in enumerate(spec.features)]
+    aggs += [F.sum(col(n).isNull().cast("long")).alias(f"null_{i}") for i, n in enumerate(spec.features)]
     if spec.kind == KIND_ARRAY:
         aggs.append(F.sum(F.when(F.exists(feat, lambda x: x.isNull()), 1).otherwise(0)).alias("null_elements"))
         aggs.append(F.sum(F.when(feat.isNotNull(), F.size(feat)).otherwise(0)).alias("nvals"))
@@ -268,13 +267,13 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     else:
         aggs += [zero.alias("null_elements"), zero.alias("nvals")]
     if spec.label:
-        lab = F.col(spec.label)
+        lab = col(spec.label)
         aggs.append(F.sum(lab.isNull().cast("long")).alias("null_label"))
         bad = (F.isnan(lab) | (F.abs(lab) == F.lit(float("inf")))) if spec.training else F.lit(False)
         aggs.append(F.sum(F.when(bad, 1).otherwise(0)).alias("nonfinite_label"))
     else:
         aggs += [zero.alias("null_label"), zero.alias("nonfinite_label")]
-    aggs.append(F.sum(F.col(spec.uid).isNull().cast("long")).alias("null_uid") if spec.uid else zero.alias("null_uid"))
+    aggs.append(F.sum(col(spec.uid).isNull().cast("long")).alias("null_uid") if spec.uid else zero.alias("null_uid"))
     aggs += [sparse_agg.alias("sparse_rows"), sparse_values.alias("sparse_values")]
     rows = data.groupBy(F.spark_partition_id().alias("pid"), dim.alias("dim")).agg(*aggs).collect()
     out: dict[int, dict] = {}
@@ -302,17 +301,16 @@ def _sample_vectors(data, spec: FeatureSpec, itemsize: int, sample: int = 256) -
     On Spark >= 4 the JVM converts those rows to Arrow for the driver (`toArrow`: no Python worker starts, about a
     third of the time of a mapInArrow job); older Sparks run the same count in a mapInArrow task.
     """
-    from pyspark.sql import functions as F
 
     column = spec.features[0]
-    head = data.select(column).where(F.col(column).isNotNull()).limit(sample)
+    head = data.select(col(column)).where(col(column).isNotNull()).limit(sample)
     if hasattr(head, "toArrow"):
         counts = [_sample_counts(head.toArrow().to_batches(), column)]
     else:
         def run(batches):
             yield pa.RecordBatch.from_pylist([_sample_counts(batches, column)])
 
-        counts = [r.asDict() for r in head.mapInArrow(run, "rows long, values long, sparse long, "
+        counts = [r.asDict() for r in map_in_arrow(head, run, "rows long, values long, sparse long, "
                                                              "sparse_rows long").collect()]
     rows = sum(c["rows"] for c in counts)
     if not rows:
@@ -325,8 +323,8 @@ def _sample_counts(batches: Iterable[pa.RecordBatch], column: str) -> dict[str, 
     """Rows, stored values, values of sparse rows and sparse rows in Arrow batches of a Vector column."""
     values = sparse_values = rows = sparse_rows = 0
     for b in batches:
-        col = b.column(column)
-        _, nvals, sparse = _vector_dims(col)
+        vectors = b.column(column)
+        _, nvals, sparse = _vector_dims(vectors)
         values += int(pc.sum(nvals).as_py() or 0)
         sparse_values += int(pc.sum(pc.if_else(sparse, nvals, 0)).as_py() or 0)
         sparse_rows += int(pc.sum(sparse).as_py() or 0)

@@ -224,6 +224,25 @@ def test_validation_dataframe_is_staged_as_the_validation_channel(cancer_vectors
         est.setValidationData("s3://bucket/val")
 
 
+def test_column_names_with_dots_fit_and_score(cancer_vectors, ray_local, tmp_path):
+    """Column Params with dots (features, label, validation indicator) name top-level columns, not struct fields."""
+    from pyspark.sql import functions as F
+    from sklearn.metrics import roc_auc_score
+
+    from ray_backend import artifact
+
+    df = (cancer_vectors.toDF("row.id", "my.features", "the.label")
+          .withColumn("is.validation", F.col("`row.id`") % 5 == 0))
+    est = RayEstimator(algorithm="linear-sgd", hyperparameters=HP, stagingUri=str(tmp_path), featuresCol="my.features",
+                       labelCol="the.label", validationIndicatorCol="is.validation")
+    model = est.fit(df)
+    meta = artifact.read_meta(model.artifactUri)
+    assert set(meta["data_manifest_sha256"]) == {"train", "validation"}
+    rows = model.transform(df).select("`the.label`", "score", "`is.validation`").collect()
+    assert len(rows) == df.count()
+    assert roc_auc_score([r[0] for r in rows], [r.score for r in rows]) > 0.97
+
+
 def test_initial_model_uri_warm_starts_the_next_fit(cancer_vectors, ray_local, tmp_path):
     from ray_backend import artifact
 

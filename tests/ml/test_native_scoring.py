@@ -9,6 +9,7 @@ import pytest
 from chispa import assert_approx_df_equality
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StructField, StructType
 
 from sparkml_ext.ml.estimator import RayModel
@@ -138,3 +139,22 @@ def test_transform_stays_lazy_and_native_on_any_plan(spark, rows, tmp_path):
         assert not uses_python(out)
         np.testing.assert_allclose([r.score for r in out.orderBy("id").collect()], 1 / (1 + np.exp(-(X @ w + b))),
                                    rtol=1e-9)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-trained", "sparse-trained"])
+def test_column_names_with_dots_on_every_scoring_path(spark, rows, tmp_path, sparse):
+    """A dot in a column's name is part of the name (Spark reads `my.features` as a struct field): the JVM path,
+    the Arrow UDF (dense-trained) and the whole-row mapInArrow (sparse-trained) score such columns and keep every
+    other one, under handleInvalid error and skip."""
+    algorithm, kind, w, b, _ = CASES["linear-sgd binary"]
+    path = save_artifact(tmp_path / "m", algorithm, kind, w, b, sparse=sparse)
+    expected = plain(RayModel.fromArtifact(path).transform(rows))
+    dotted = rows.toDF("row.id", "my.features").withColumn("other.col", F.lit("x"))
+    for native in (True, False):
+        for mode in ("error", "skip"):
+            model = RayModel.fromArtifact(path, featuresCol="my.features", nativeScoring=native, handleInvalid=mode)
+            out = model.transform(dotted)
+            assert uses_python(out) != native
+            assert out.columns[:3] == ["row.id", "my.features", "other.col"]
+            back = out.drop("other.col").withColumnsRenamed({"row.id": "id", "my.features": "features"})
+            assert_approx_df_equality(plain(back), expected, precision=1e-5)

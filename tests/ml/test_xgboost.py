@@ -33,7 +33,7 @@ def _numpy(df, features="features", label="label"):
 
 def _reference(train_df, params: dict, num_round: int, weight: str | None = None) -> xgb.Booster:
     x, y = _numpy(train_df)
-    w = None if weight is None else np.array([r[0] for r in train_df.select(weight).collect()], np.float32)
+    w = None if weight is None else np.array([r[0] for r in train_df.select(f"`{weight}`").collect()], np.float32)
     return xgb.train({"tree_method": "hist", **params}, xgb.DMatrix(x, label=y, weight=w), num_round)
 
 
@@ -150,13 +150,14 @@ def test_weight_column_equals_weighted_single_process_training(cancer_split, tmp
     from pyspark.sql import functions as F
 
     train, test = cancer_split
-    weighted = train.withColumn("w", F.when(F.col("label") == 1, 3.0).otherwise(0.5))
-    est = XGBoostClassifier(weightCol="w", numWorkers=1, stagingUri=str(tmp_path), **HP)
+    weighted = train.withColumn("sample.weight", F.when(F.col("label") == 1, 3.0).otherwise(0.5))
+    est = XGBoostClassifier(weightCol="sample.weight", numWorkers=1, stagingUri=str(tmp_path), **HP)
     model = est.fit(weighted)
     assert model.getFeaturesCol() == "features" and model.getBooster().num_features() == 30
     x_test, _ = _numpy(test)
-    ref = _reference(weighted, {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3}, HP["num_round"], "w")
-    unweighted = _reference(train, {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3}, HP["num_round"])
+    params = {"objective": "binary:logistic", "max_depth": 3, "eta": 0.3}
+    ref = _reference(weighted, params, HP["num_round"], "sample.weight")
+    unweighted = _reference(train, params, HP["num_round"])
     ours = np.array([r.score for r in model.transform(test).select("score").collect()])
     np.testing.assert_allclose(ours, ref.predict(xgb.DMatrix(x_test)), atol=1e-5)
     assert not np.allclose(ours, unweighted.predict(xgb.DMatrix(x_test)), atol=1e-3)  # the weights mattered

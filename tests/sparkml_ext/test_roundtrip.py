@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from chispa import assert_df_equality
 from pyspark.ml.feature import VectorAssembler
-from pyspark.ml.functions import array_to_vector
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseVector, SparseVector, Vectors
 from pyspark.sql import functions as F
 
@@ -125,6 +125,31 @@ def test_multi_column_features(spark, tmp_path):
     to_arr = F.udf(lambda v: v.toArray().tolist(), "array<double>")
     assert_df_equality(back.select(to_arr("features").alias("f"), "label").orderBy("f"),
                        expected.select(to_arr("features").alias("f"), "label").orderBy("f"))
+
+
+@pytest.mark.parametrize("kind", ["vector", "array", "columns"])
+def test_column_names_with_dots(spark, tmp_path, kind):
+    """Column Params name top-level columns, dots and all (Spark reads `f.v` as field `v` of a column `f`)."""
+    base = spark.createDataFrame(_rows(60, 3, seed=8, sparse_every=4 if kind == "vector" else 0),
+                                 ["features", "label", "uid"]).repartition(3)
+    dotted = base.toDF("f.v", "y.label", "row.id").withColumn("other.col", F.lit(1))
+    features = "f.v"
+    if kind == "array":
+        dotted = dotted.withColumn("f.v", vector_to_array(F.col("`f.v`")))
+    elif kind == "columns":
+        features = [f"x.{j}" for j in range(3)]
+        dotted = dotted.select(*[vector_to_array(F.col("`f.v`"))[j].alias(n) for j, n in enumerate(features)],
+                               "`y.label`", "`row.id`", "`other.col`")
+    ch = write_channel(dotted, str(tmp_path / kind), features, "y.label", "row.id")
+    assert (ch.records, ch.feature_dim) == (60, 3)
+    assert_df_equality(read_recordio(spark, str(tmp_path / kind)).orderBy("uid"), _expected(base).orderBy("uid"))
+
+
+def test_data_source_writes_columns_with_dots(spark, tmp_path, recordio_format):
+    base = spark.createDataFrame(_rows(40, 4, seed=9, sparse_every=3), ["features", "label", "uid"]).repartition(2)
+    (base.toDF("f.v", "y.label", "row.id").write.format("recordio-protobuf").mode("overwrite")
+     .option("featuresCol", "f.v").option("labelCol", "y.label").option("uidCol", "row.id").save(str(tmp_path / "d")))
+    assert_df_equality(read_recordio(spark, str(tmp_path / "d")).orderBy("uid"), _expected(base).orderBy("uid"))
 
 
 def test_without_label_and_order_is_kept(spark, tmp_path):

@@ -152,3 +152,15 @@ def test_struct_view_exposes_vectors_as_stored(spark):
     assert {k: v[:3] for k, v in got.items()} == {0: (1, None, 2), 1: (0, 7, 1), 2: (None, None, None),
                                                   3: (1, None, 0)}
     assert {k: v[3] for k, v in got.items()} == parts
+
+
+def test_names_with_dots_are_checked_and_named_as_given(spark, tmp_path, validation):
+    """A dot in a column Param is part of the name (Spark would read `my.features` as a struct field)."""
+    rows = [(Vectors.dense([1.0, 2.0]) if i % 4 else None, float("nan") if i == 1 else 1.0, 7) for i in range(20)]
+    df = spark.createDataFrame(rows, ["my.features", "the.label", "unused.col"]).repartition(3)
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), "my.features", "the.label", validation=validation)
+    assert err.value.problems == ["features column 'my.features' has 5 null row(s) of 20",
+                                  "label column 'the.label' has 1 NaN/infinite row(s) of 20"]
+    good = df.where("`my.features` is not null and not isnan(`the.label`)")
+    assert write_channel(good, str(tmp_path / "ok"), "my.features", "the.label", validation=validation).records == 14
