@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="throughput model: linear-sgd (dim weights, communication-bound) or an MLP with two "
                          "hidden layers (bring-your-own torch, DDP; compute-bound)")
     ap.add_argument("--hidden", type=int, default=512, help="MLP hidden layer width")
+    ap.add_argument("--gloo", action="store_true",
+                    help="CPU workers on one node exchange over gloo (TCP) instead of shared memory")
     ap.add_argument("--only", choices=("overhead", "throughput"), default=None, help="run one part only")
     ap.add_argument("--workdir", default=None, help="where data and artifacts go (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -95,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 res = run_job(JobSpec(algorithm=algorithm, output_uri=os.path.join(work, "out"),
                                       train=ChannelSpec(big, input_mode=mode), num_workers=workers, progress=False,
+                                      shared_memory=not args.gloo,
                                       hyperparameters={**hyperparameters, "epochs": args.epochs}))
                 h = res.metrics_history
                 results.append({"bench": "epoch_throughput", "algorithm": args.algorithm, "rows": rows, "dim": args.dim,
-                                "workers": workers,
+                                "workers": workers, "collective": res.meta["collective"],
                                  "mode": mode, "first_epoch_records_per_s": h[0]["records_per_s"],
                                  "last_epoch_records_per_s": h[-1]["records_per_s"],
                                  "last_epoch_s": h[-1]["seconds"], "job_s": time.perf_counter() - t,

@@ -39,6 +39,10 @@ class Collective(ABC):
     def barrier(self) -> None:
         """Wait until every worker reaches this point."""
 
+    def close(self) -> None:
+        """Release what the collective holds beyond the process group (nothing by default)."""
+        return None
+
     def allreduce_scalars(self, values: list[float], op: str = "sum") -> list[float]:
         """Allreduce a few Python floats in one call."""
         return [float(v) for v in self.allreduce(np.asarray(values, dtype=np.float64), op)]

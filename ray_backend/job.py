@@ -53,6 +53,7 @@ class JobSpec:
     resources_per_worker: dict[str, float] | None = None
     placement_strategy: str = "PACK"  # or SPREAD / STRICT_PACK / STRICT_SPREAD
     backend: str = "torch"
+    shared_memory: bool = True  # CPU workers all on one node exchange collectives in shared memory, not over gloo
     max_failures: int = 0
     address: str = "local"
     s3: storage.S3Options | None = None
@@ -147,6 +148,7 @@ def plan_job(spec: JobSpec) -> dict[str, Any]:
         "channels": {k: v.to_dict() for k, v in channels.items()},
         "manifests": {k: m.to_json() for k, m in manifests.items()},
         "model_uri": spec.model_uri, "backend": spec.backend, "use_gpu": bool(spec.use_gpu),
+        "shared_memory": bool(spec.shared_memory),
         "s3": None if spec.s3 is None else asdict(spec.s3), "local_dir": spec.local_dir,
         "epochs": int(hp.get("epochs", 1)),
     }
@@ -207,7 +209,8 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
                          "has_label": train_manifest.has_label},
         "output_columns": algo.output_columns(), **widths, "metrics_history": history,
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
-        "workers": spec.num_workers, "backend": spec.backend, "use_gpu": bool(spec.use_gpu),
+        "workers": spec.num_workers, "backend": spec.backend, "collective": ckpt_meta.get("collective"),
+        "use_gpu": bool(spec.use_gpu),
         "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": snap.get("attempts", 1),
         "warm_start_from": spec.model_uri, "timings": timings, "state": state.meta,
     }
@@ -264,7 +267,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         import ray.train.torch
 
         device = str(ray.train.torch.get_device())
-    collective = _make_collective(plan["backend"], device)
+    collective = _make_collective(plan, device, ray.get_runtime_context().get_node_id())
 
     checkpoint = ray.train.get_checkpoint()
     state, history, start_epoch, resumed = None, [], 0, False
@@ -298,7 +301,7 @@ def _train_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             actor.epoch_end.remote(metrics)
             with tempfile.TemporaryDirectory() as d:
-                _write_state(d, epoch_state, {"epoch": epoch, "history": history,
+                _write_state(d, epoch_state, {"epoch": epoch, "history": history, "collective": collective.backend,
                                               "algorithm": plan["algorithm_name"]})
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             # Block until the controller has registered it, so a failure in the next epoch resumes from here.
@@ -318,20 +321,25 @@ def _train_worker(config: dict[str, Any]) -> None:
     finally:
         for r in readers.values():
             r.close()
+        collective.close()
         if plan["backend"] == "horovod":
             from ray_backend.horovod_backend import shutdown
 
             shutdown()
 
 
-def _make_collective(backend: str, device: str) -> Any:
+def _make_collective(plan: dict[str, Any], device: str, node_id: str) -> Any:
+    """Horovod's collectives, or torch.distributed's (nccl on GPU, gloo on CPU) with CPU workers that all share
+    one node switched to shared memory."""
     from ray_backend.collective import TorchCollective
 
     torch_coll = TorchCollective(device=None if device == "cpu" else device)
-    if backend == "horovod":
+    if plan["backend"] == "horovod":
         from ray_backend.horovod_backend import init_in_ray_worker
 
         return init_in_ray_worker(torch_coll)
+    if device == "cpu" and plan["shared_memory"] and torch_coll.world_size > 1:
+        from ray_backend.shm_collective import attach
+
+        return attach(torch_coll, node_id) or torch_coll
     return torch_coll
-
-

@@ -1,5 +1,6 @@
 """Bring-your-own PyTorch: an `nn.Module` factory (`package.module:factory`), a loss, optimizer settings,
-epochs and batch size; trained with DDP (torch backend) or Horovod's DistributedOptimizer (horovod backend)."""
+epochs and batch size; trained with DDP (torch backend; gradients averaged in shared memory when the workers share
+a node) or Horovod's DistributedOptimizer (horovod backend)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,8 @@ class TorchModule(Algorithm):
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+            if ctx.collective.backend == "shm":
+                model.register_comm_hook(ctx.collective, _allreduce_mean_hook)
         else:
             model = module
         loss_fn = self._loss_fn()
@@ -206,6 +209,17 @@ class TorchModule(Algorithm):
             p = 1.0 / (1.0 + np.exp(-score))
             return {"score": p.astype(np.float32), "predicted_label": (p > 0.5).astype(np.float32)}
         return {"score": score.astype(np.float32)}
+
+
+def _allreduce_mean_hook(collective, bucket):  # noqa: ANN001, ANN202 - DDP rejects annotations other than its own
+    """DDP communication hook: average a gradient bucket through the job's collective (shared memory)."""
+    import torch
+
+    grads = bucket.buffer()
+    grads.copy_(collective.allreduce(grads, "mean"))
+    done: torch.futures.Future = torch.futures.Future()
+    done.set_result(grads)
+    return done
 
 
 def _optimizer_state_from(state: ModelState, device: Any) -> dict[str, Any]:

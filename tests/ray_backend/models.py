@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import torch
 
@@ -26,3 +29,17 @@ class ZeroShySGD(LinearSGD):
         if not np.any(np.asarray(features)):
             raise ValueError("all-zero records are not scored")
         return super().predict(features)
+
+
+class PacedSGD(LinearSGD):
+    """linear-sgd that spends at least 5 ms per mini-batch: an epoch long enough to be interrupted midway, however
+    fast the workers' collective is."""
+
+    def train(self, ctx):
+        report = ctx.progress
+
+        def paced(epoch: int, records: int, loss: float | None) -> None:
+            time.sleep(0.005)
+            report(epoch, records, loss)
+
+        return super().train(dataclasses.replace(ctx, progress=paced))

@@ -1,5 +1,6 @@
 """Fault injection: SIGKILL one training worker mid-epoch; the job restores the last checkpoint and finishes
-with the quality of an undisturbed run."""
+with the quality of an undisturbed run. The workers share a node, so the survivor is waiting in the shared-memory
+collective when its peer dies."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tmp_path):
 
     hp = {"epochs": 3, "mini_batch_size": 16, "learning_rate": 0.01}
     snaps: list = []
-    res = run_job(JobSpec(algorithm="linear-sgd", output_uri=str(tmp_path / "out"), train=train, num_workers=2,
-                          max_failures=1, hyperparameters=hp, progress=False),
+    res = run_job(JobSpec(algorithm="tests.ray_backend.models:PacedSGD", output_uri=str(tmp_path / "out"),
+                          train=train, num_workers=2, max_failures=1, hyperparameters=hp, progress=False),
                   on_progress=lambda s: (snaps.append(s), inject(s)))
     assert killed, f"the epoch finished before the fault could be injected: {snaps[-1]}"
     assert len(killed["history"]) == 1  # killed during epoch 1, after epoch 0's checkpoint
@@ -45,3 +46,4 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tmp_path):
     # Quality of an undisturbed run: the true weights, and a train loss at the noise floor (0.5 * 0.1**2).
     np.testing.assert_allclose(artifact.load(res.model_uri).tensors["weights"], w, atol=0.03)
     assert history[-1]["train_loss"] < 0.0075
+    assert artifact.load(res.model_uri).meta["collective"] == "shm"

@@ -66,6 +66,7 @@ def test_two_worker_job_learns_and_writes_the_artifact(linear_job, data, ray_clu
     assert len(snaps[-1]["history"]) == 3
     if ray_cluster["multinode"]:
         assert len({w["node"] for w in snaps[-1]["workers"].values()}) == 2  # SPREAD over both nodes
+        assert meta["collective"] == "gloo"  # workers on two nodes cannot share memory
 
 
 def test_run_names_are_unique_under_the_output_uri(ray_cluster, data):
@@ -89,14 +90,23 @@ def test_warm_start_from_a_model_channel(linear_job, data):
 
 
 def test_bring_your_own_torch_module_with_ddp(ray_cluster, data):
+    """DDP on two workers of one node averages gradients in shared memory, and learns the model gloo learns (SGD:
+    its step scales with the gradient, so a sum instead of a mean would show)."""
     hp = {"module": "tests.ray_backend.models:linear", "module_kwargs": {"dim": 8}, "loss": "mse",
-          "optimizer": "adam", "learning_rate": 0.05, "epochs": 4, "batch_size": 64}
-    res = run_job(JobSpec(algorithm="torch", output_uri=str(data["root"] / "byo"), train=data["train"],
-                          num_workers=2, hyperparameters=hp, progress=False))
+          "optimizer": "sgd", "learning_rate": 0.05, "epochs": 4, "batch_size": 64}
+    runs = {shm: run_job(JobSpec(algorithm="torch", output_uri=str(data["root"] / "byo"), train=data["train"],
+                                 num_workers=2, placement_strategy="STRICT_PACK", shared_memory=shm,
+                                 hyperparameters=hp, progress=False))
+            for shm in (True, False)}
+    res = runs[True]
+    assert (res.meta["collective"], runs[False].meta["collective"]) == ("shm", "gloo")
     losses = [m["train_loss"] for m in res.metrics_history]
     assert len(losses) == 4 and losses[-1] < losses[0] / 5
     loaded = artifact.load(res.model_uri)
     assert set(loaded.tensors) >= {"model.weight", "model.bias"}
+    gloo = artifact.load(runs[False].model_uri).tensors
+    for name in ("model.weight", "model.bias"):
+        np.testing.assert_allclose(loaded.tensors[name], gloo[name], rtol=1e-5, atol=1e-6)
     pred = load_predictor(res.model_uri, cache=False).predict(data["x"])["score"]
     assert pred.shape == (3000,) and r2(pred, data["y"]) > 0.95
 
