@@ -185,11 +185,9 @@ def _slot_bytes(world_size: int) -> int:
 def _as_numpy(value: Any) -> tuple[np.ndarray | None, Any]:
     """A C-contiguous numpy array of a numeric dtype and a function turning a result back into the input's kind;
     (None, None) for what numpy cannot add (bool, bfloat16, GPU tensors): those go to the fallback collective."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - the engine always has torch
-        torch = None
-    if torch is not None and isinstance(value, torch.Tensor):
+    import torch
+
+    if isinstance(value, torch.Tensor):
         if value.device.type != "cpu" or value.dtype in (torch.bool, torch.bfloat16, torch.complex64,
                                                          torch.complex128):
             return None, None
