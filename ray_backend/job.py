@@ -1,40 +1,31 @@
-"""Run a training job on Ray Train (`TorchTrainer`): validate inputs, start workers that read their channel
-slices, checkpoint every epoch, restore after failures, then write the model artifact."""
+"""Run a training job on a warm worker group (`ray_backend.worker_group`): validate inputs, run every worker on its
+channel slices, checkpoint every epoch, resume after a worker dies, then write the model artifact."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ray_backend import __version__, artifact, progress
+from ray_backend import __version__, artifact, checkpoints, progress, runner, worker_group
 from ray_backend.algorithm import ModelState, TrainContext, resolve
 from ray_backend.channels import ChannelReader, ChannelSpec, load_manifest
 from ray_backend.cluster import connect, validate_address
-from ray_backend.errors import ChannelError, JobError
+from ray_backend.errors import ChannelError
 from ray_backend.sharding import assign
 from recordio import storage
 from recordio.manifest import Manifest
 
 log = logging.getLogger("ray_backend.job")
 BACKENDS = ("torch", "horovod")
-STATE_TENSORS, STATE_JSON = "state.safetensors", "state.json"
-_PROGRESS_EVERY_S = 0.5
-# Ray Train V2's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s): reports, and so
-# checkpoints, register only at a poll, and a finished run is noticed only at one. A shorter poll cuts the fixed
-# cost per job and per report; the preemption watcher (spot-instance notices) is one more actor to start.
-# Both are read from the driver's environment at fit(); a value the user set wins.
-_RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-# What run_job imports on the driver before it can start a run (~2 s with torch): a caller with other work to do
-# first (Spark staging) can import them meanwhile.
-DRIVER_MODULES = ("ray.train", "ray.train.torch")
+STATE_TENSORS = "state.safetensors"
+# What run_job imports on the driver before it can start a job: a caller with other work to do first (Spark
+# staging) can import them meanwhile.
+DRIVER_MODULES = ("ray", "ray.util.placement_group")
 
 
 @dataclass
@@ -59,6 +50,8 @@ class JobSpec:
     s3: storage.S3Options | None = None
     local_dir: str | None = None  # where File-mode workers copy shards (default: the system temp dir)
     progress: bool = True
+    idle_timeout_s: float | None = None  # keep the worker group warm this long (None: $SPARKML_EXT_WORKER_IDLE_TIMEOUT)
+    timeout_s: float | None = None  # fail the job when it runs longer (None: no limit)
 
 
 @dataclass
@@ -151,7 +144,24 @@ def plan_job(spec: JobSpec) -> dict[str, Any]:
         "shared_memory": bool(spec.shared_memory),
         "s3": None if spec.s3 is None else asdict(spec.s3), "local_dir": spec.local_dir,
         "epochs": int(hp.get("epochs", 1)),
+        "checkpoints": checkpoints.root(spec.output_uri, job_name),
     }
+
+
+def shape_of(spec: JobSpec) -> worker_group.Shape:
+    """The worker group shape a job needs."""
+    return worker_group.Shape.of(spec.num_workers, spec.resources_per_worker, spec.use_gpu, spec.placement_strategy,
+                                 spec.backend)
+
+
+def check_capacity(spec: JobSpec, resources: dict[str, float], per_worker: dict[str, float]) -> None:
+    """An embedded cluster that can never hold the job's workers fails now, not after a wait."""
+    if spec.address != "local":
+        return
+    for name, amount in per_worker.items():
+        if amount * spec.num_workers > resources.get(name, 0):
+            raise ValueError(f"num_workers={spec.num_workers} x {amount:g} {name} exceeds this Ray cluster's "
+                             f"{resources.get(name, 0):g} {name}")
 
 
 def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
@@ -160,36 +170,17 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
     plan = prepare(spec)
     algo_cls = resolve(spec.algorithm)
     train_manifest = Manifest.from_json(plan["manifests"]["train"])
-    per_worker_cpu = (spec.resources_per_worker or {}).get("CPU", 1)
-    resources = connect(spec.address)
-    if spec.address == "local" and per_worker_cpu * spec.num_workers > resources.get("CPU", 0):
-        raise ValueError(f"num_workers={spec.num_workers} x {per_worker_cpu} CPU exceeds this Ray cluster's "
-                         f"{resources.get('CPU', 0)} CPUs")
+    shape = shape_of(spec)
+    check_capacity(spec, connect(spec.address), shape.bundle)
     t_connected = time.perf_counter()
-
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    actor = progress.make_actor(plan, plan["epochs"], spec.num_workers, train_manifest.records)
-    fs, ray_path = storage.resolve(storage.join(spec.output_uri, plan["job_name"], "ray"), spec.s3)
-    scaling = ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
-                            resources_per_worker=spec.resources_per_worker,
-                            placement_strategy=spec.placement_strategy)
-    run_config = RunConfig(name=plan["run_name"], storage_path=ray_path, storage_filesystem=fs,
-                           failure_config=FailureConfig(max_failures=spec.max_failures),
-                           checkpoint_config=CheckpointConfig(num_to_keep=2))
-    trainer = TorchTrainer(_train_worker, train_loop_config={"plan": json.dumps(plan)}, scaling_config=scaling,
-                           run_config=run_config, torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"))
-    for key, value in _RAY_TRAIN_ENV.items():
-        os.environ.setdefault(key, value)
     printer = progress.Printer(plan["job_name"], enabled=spec.progress)
-    try:
-        result, snap = progress.watch(trainer.fit, actor, printer, on_progress)
-    except Exception as exc:
-        raise JobError(f"job {plan['job_name']!r} failed: {exc}") from exc
+    outcome = runner.run(plan, "torch", shape, max_failures=spec.max_failures, epochs=plan["epochs"],
+                         records_per_epoch=train_manifest.records, printer=printer, s3=spec.s3,
+                         on_progress=on_progress, idle_timeout_s=spec.idle_timeout_s, timeout_s=spec.timeout_s)
     t_fit = time.perf_counter()
-    with _final_checkpoint(result, snap, fs, plan["job_name"]).as_directory() as ckpt_dir:
-        state, ckpt_meta = _read_state(ckpt_dir)
+    files, ckpt_meta = checkpoints.read(outcome.result, (STATE_TENSORS,), spec.s3)
+    state = ModelState(tensors=artifact.tensors_from_bytes(files[STATE_TENSORS], path=outcome.result),
+                       meta=ckpt_meta["state"])
     history = ckpt_meta["history"]
     model_uri = artifact.model_uri(spec.output_uri, plan["job_name"])
     timings = {"connect_s": t_connected - t_start, "fit_s": t_fit - t_connected,
@@ -211,74 +202,35 @@ def run_job(spec: JobSpec, on_progress: Callable[[dict[str, Any]], None] | None 
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
         "workers": spec.num_workers, "backend": spec.backend, "collective": ckpt_meta.get("collective"),
         "use_gpu": bool(spec.use_gpu),
-        "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": snap.get("attempts", 1),
+        "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": outcome.attempts,
         "warm_start_from": spec.model_uri, "timings": timings, "state": state.meta,
     }
     artifact.save(model_uri, meta, state.tensors, s3=spec.s3)
+    checkpoints.remove(plan["checkpoints"], spec.s3)
     timings["total_s"] = time.perf_counter() - t_start
     log.info("[%s] model written to %s in %.1f s", plan["job_name"], model_uri, timings["total_s"])
     return JobResult(job_name=plan["job_name"], run_name=plan["run_name"], model_uri=model_uri,
-                     metrics_history=history, attempts=meta["attempts"], timings=timings, meta=meta)
+                     metrics_history=history, attempts=outcome.attempts, timings=timings, meta=meta)
 
 
-def _final_checkpoint(result: Any, snap: dict[str, Any], fs: Any, job: str) -> Any:
-    """The run's last checkpoint: from Ray Train's result, or (result None) the one rank 0 named when it finished."""
-    from ray.train import Checkpoint
-
-    if result is None:
-        return Checkpoint(snap["final_checkpoint"], filesystem=fs)
-    if result.error is not None:
-        raise JobError(f"job {job!r} failed: {result.error}") from result.error
-    if result.checkpoint is None:
-        raise JobError(f"job {job!r} finished without a checkpoint")
-    return result.checkpoint
-
-
-def _write_state(directory: str, state: ModelState, meta: dict[str, Any]) -> None:
-    with open(os.path.join(directory, STATE_TENSORS), "wb") as f:
-        f.write(artifact.tensors_to_bytes(state.tensors))
-    with open(os.path.join(directory, STATE_JSON), "w") as f:
-        json.dump({**meta, "state": state.meta}, f, allow_nan=False)
-
-
-def _read_state(directory: str) -> tuple[ModelState, dict[str, Any]]:
-    with open(os.path.join(directory, STATE_JSON)) as f:
-        meta = json.load(f)
-    with open(os.path.join(directory, STATE_TENSORS), "rb") as f:
-        tensors = artifact.tensors_from_bytes(f.read(), path=os.path.join(directory, STATE_TENSORS))
-    return ModelState(tensors=tensors, meta=meta["state"]), meta
-
-
-def _train_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker entry: build channels and the collective, restore, train, checkpoint per epoch."""
-    import ray
-    import ray.train
-
-    plan = json.loads(config["plan"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+def train_on_worker(plan: dict[str, Any], info: worker_group.WorkerInfo) -> str | None:
+    """A worker's part of a job: build channels and the collective, resume or warm-start, train, checkpoint every
+    epoch on rank 0; rank 0 returns the final checkpoint's URI."""
+    rank, world = info.rank, info.world_size
     s3 = storage.S3Options(**plan["s3"]) if plan["s3"] else None
-    actor = ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1])
-    if rank == 0:
-        progress.register_run(plan)
+    reporter = progress.Reporter(plan, rank)
+    collective = _make_collective(plan, info.device, info.node_id)
 
-    device = "cpu"
-    if plan["use_gpu"]:
-        import ray.train.torch
-
-        device = str(ray.train.torch.get_device())
-    collective = _make_collective(plan, device, ray.get_runtime_context().get_node_id())
-
-    checkpoint = ray.train.get_checkpoint()
     state, history, start_epoch, resumed = None, [], 0, False
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state, meta = _read_state(d)
+    if plan.get("resume"):
+        files, meta = checkpoints.read(plan["resume"], (STATE_TENSORS,), s3)
+        state = ModelState(tensors=artifact.tensors_from_bytes(files[STATE_TENSORS], path=plan["resume"]),
+                           meta=meta["state"])
         history, start_epoch, resumed = meta["history"], int(meta["epoch"]) + 1, True
     elif plan["model_uri"]:
         warm = artifact.load(plan["model_uri"], s3=s3)
         state = ModelState(tensors=warm.tensors, meta=warm.meta.get("state", {}))
-    actor.worker_started.remote(rank, os.getpid(), ray.get_runtime_context().get_node_id(), start_epoch)
+    reporter.started(start_epoch)
 
     readers = {}
     for name, spec_dict in plan["channels"].items():
@@ -286,38 +238,25 @@ def _train_worker(config: dict[str, Any]) -> None:
         manifest = Manifest.from_json(plan["manifests"][name])
         slices = assign(manifest, world, spec.distribution)[rank]
         readers[name] = ChannelReader(name, spec, manifest, slices, s3=s3, local_root=plan["local_dir"])
-
-    last_push = [0.0]
-
-    def on_progress(epoch: int, records: int, loss: float | None) -> None:
-        now = time.monotonic()
-        if now - last_push[0] >= _PROGRESS_EVERY_S:
-            last_push[0] = now
-            actor.update.remote(rank, epoch, records, loss)
+    final: list[str | None] = [plan.get("resume")]
 
     def end_epoch(epoch: int, metrics: dict[str, float], epoch_state: ModelState) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
         history.append(metrics)
         if rank == 0:
-            actor.epoch_end.remote(metrics)
-            with tempfile.TemporaryDirectory() as d:
-                _write_state(d, epoch_state, {"epoch": epoch, "history": history, "collective": collective.backend,
-                                              "algorithm": plan["algorithm_name"]})
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            # Block until the controller has registered it, so a failure in the next epoch resumes from here.
-            ray.train.get_all_reported_checkpoints()
-        else:
-            ray.train.report(metrics)
+            reporter.epoch_end(metrics)
+            final[0] = checkpoints.write(
+                plan["checkpoints"], epoch, {STATE_TENSORS: artifact.tensors_to_bytes(epoch_state.tensors)},
+                {"epoch": epoch, "history": history, "collective": collective.backend,
+                 "algorithm": plan["algorithm_name"], "state": epoch_state.meta}, s3)
 
     algo_cls = resolve(plan["algorithm"])
     algo = algo_cls(plan["hyperparameters"], readers["train"].feature_dim)
     tctx = TrainContext(rank=rank, world_size=world, collective=collective, channels=readers,
-                        backend=plan["backend"], device=device, start_epoch=start_epoch, state=state,
-                        resumed=resumed, end_epoch=end_epoch, progress=on_progress)
+                        backend=plan["backend"], device=info.device, start_epoch=start_epoch, state=state,
+                        resumed=resumed, end_epoch=end_epoch, progress=reporter.progress)
     try:
         algo.train(tctx)
-        if rank == 0:
-            progress.finish_run(plan)
     finally:
         for r in readers.values():
             r.close()
@@ -326,6 +265,7 @@ def _train_worker(config: dict[str, Any]) -> None:
             from ray_backend.horovod_backend import shutdown
 
             shutdown()
+    return final[0] if rank == 0 else None
 
 
 def _make_collective(plan: dict[str, Any], device: str, node_id: str) -> Any:

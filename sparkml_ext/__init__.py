@@ -1,11 +1,12 @@
 """sparkml_ext: Spark ML estimators that stage data as RecordIO-protobuf and train on Ray (imports stay light)."""
 
+from ray_backend import shutdown
 from sparkml_ext.datasource import register_data_source
 from sparkml_ext.reader import read_recordio
 from sparkml_ext.staging import Channel, ChannelValidationError, channel_uri, delete_job, write_channel
 
 __all__ = ["Channel", "ChannelValidationError", "channel_uri", "delete_job", "read_recordio",
-           "register_data_source", "write_channel"]
+           "register_data_source", "shutdown", "write_channel"]
 
 _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml.estimator",
          "TorchEstimator": "sparkml_ext.ml.torch_estimator",

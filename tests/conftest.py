@@ -56,9 +56,9 @@ def ray_cluster():
     try:
         yield {"multinode": True, "nodes": 2}
     finally:
-        from ray_backend.progress import wait_detached
+        from ray_backend import shutdown
 
-        wait_detached()  # jobs whose Ray Train shutdown still runs in the background
+        shutdown()  # the warm worker groups
         ray.shutdown()
         cluster.shutdown()
 

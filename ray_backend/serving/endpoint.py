@@ -176,6 +176,7 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
     registry = ray.remote(Registry).options(name=name, namespace=REGISTRY_NAMESPACE, lifetime="detached",
                                             num_cpus=0).remote(info)
     digest = token_digest(token)
+    _make_room(num_cpus * (sum(v.replicas for v in variants) + (len(variants) > 1)))
     s3_dict = dataclasses.asdict(s3) if dataclasses.is_dataclass(s3) else s3
     common = {"ray_actor_options": {"num_cpus": num_cpus}, "max_ongoing_requests": max_ongoing_requests}
     servers = {}
@@ -200,6 +201,16 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
     if found is None:
         raise RuntimeError(f"endpoint {name!r} was deployed but is not running")
     return found
+
+
+def _make_room(cpus: float) -> None:
+    """Idle warm training workers give their CPUs back when the replicas would not fit beside them."""
+    import ray
+
+    from ray_backend import worker_group
+
+    if ray.available_resources().get("CPU", 0) < cpus:
+        worker_group.release_idle()
 
 
 def get(name: str, *, address: str | None = None) -> Endpoint | None:

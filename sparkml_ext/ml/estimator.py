@@ -171,7 +171,10 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
                     job_name=job, num_workers=self.getNumWorkers(), use_gpu=self.getUseGPU(),
                     resources_per_worker=self.getResourcesPerWorker() or None, backend=self.getBackend(),
                     max_failures=self.getMaxFailures(), address=address, s3=s3,
-                    model_uri=self.getInitialModelUri() or None, progress=self.getShowProgress()))
+                    model_uri=self.getInitialModelUri() or None, progress=self.getShowProgress(),
+                    idle_timeout_s=self.getOrDefault(self.workerIdleTimeout)
+                    if self.isDefined(self.workerIdleTimeout) else None,
+                    timeout_s=self.getTrainingTimeout() or None))
         finally:
             if not self.getKeepStagingData():
                 delete_job(staging, job, s3=s3)
@@ -218,7 +221,7 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
 
 
 def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
-    """Import `modules` on a daemon thread (a first fit's driver spends ~2 s importing Ray Train and torch, while
+    """Import `modules` on a daemon thread (a first fit's driver spends seconds importing Ray, while
     staging keeps Spark's executors, not this process, busy). An import error is left for the real import to raise."""
 
     def load() -> None:

@@ -55,6 +55,15 @@ def _non_negative_int(value) -> int:
     return value
 
 
+def _seconds(name: str):
+    def convert(value):
+        value = TypeConverters.toFloat(value)
+        if value < 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0; got {value}")
+        return value
+    return convert
+
+
 def _ray_address(value) -> str:
     from ray_backend.cluster import validate_address
 
@@ -71,12 +80,12 @@ def _ray_address(value) -> str:
 class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
     """Where and how to train: cluster, workers, staging, channel distribution and input mode, fault tolerance."""
 
-    numWorkers = Param(Params._dummy(), "numWorkers", "number of Ray Train workers (one process each)",
+    numWorkers = Param(Params._dummy(), "numWorkers", "number of training workers (one process each)",
                        typeConverter=_positive_int("numWorkers"))
     useGPU = Param(Params._dummy(), "useGPU", "give each worker a GPU and use nccl (torch) or Horovod on GPU",
                    typeConverter=TypeConverters.toBoolean)
     resourcesPerWorker = Param(Params._dummy(), "resourcesPerWorker",
-                               "Ray resources per worker, e.g. {'CPU': 2}; empty means Ray Train's default",
+                               "Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU",
                                typeConverter=_resources)
     backend = Param(Params._dummy(), "backend", "collective backend: torch (gloo on CPU, nccl on GPU) or horovod",
                     typeConverter=_one_of("backend", BACKENDS))
@@ -116,6 +125,14 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
     seed = Param(Params._dummy(), "seed",
                  "random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)",
                  typeConverter=TypeConverters.toInt)
+    workerIdleTimeout = Param(Params._dummy(), "workerIdleTimeout",
+                              "seconds the training workers stay warm after a fit, ready for the next fit of the same "
+                              "shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every "
+                              "fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() "
+                              "releases them at once", typeConverter=_seconds("workerIdleTimeout"))
+    trainingTimeout = Param(Params._dummy(), "trainingTimeout",
+                            "seconds a training job may run before it is stopped and fit() fails (0 = no limit)",
+                            typeConverter=_seconds("trainingTimeout"))
     handleInvalid = Param(Params._dummy(), "handleInvalid",
                           "rows with null or wrong-sized features at transform: error (default), skip (drop them) "
                           "or keep (null outputs)", typeConverter=_one_of("handleInvalid", HANDLE_INVALID))
@@ -125,7 +142,7 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
         self._setDefault(numWorkers=1, useGPU=False, resourcesPerWorker={}, backend="torch", rayAddress="local",
                          stagingUri="", outputUri="", trainingInputMode="File", dataDistribution="ShardedByKey",
                          validationFraction=0.0, maxFailures=0, keepStagingData=False, initialModelUri="",
-                         showProgress=True, seed=0, handleInvalid="error")
+                         showProgress=True, seed=0, handleInvalid="error", trainingTimeout=0.0)
 
 
 def accessors(cls):

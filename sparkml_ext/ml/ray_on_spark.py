@@ -61,10 +61,10 @@ def _cluster(spark, max_worker_nodes: int | None) -> Iterator[str]:
     import ray
     from ray.util.spark import setup_ray_cluster, shutdown_ray_cluster
 
-    from ray_backend.progress import wait_detached
+    from ray_backend import worker_group
 
     if ray.is_initialized():
-        wait_detached()  # a finished job's Ray Train shutdown may still be running on this connection
+        worker_group.shutdown()  # warm workers of this connection go with it
         ray.shutdown()
     saved = {k: os.environ.get(k) for k in ("PATH", _HOOK_ENV, "RAY_ADDRESS", *_AUTH)}
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -80,7 +80,7 @@ def _cluster(spark, max_worker_nodes: int | None) -> Iterator[str]:
             yield address
         finally:
             if ray.is_initialized():
-                wait_detached()
+                worker_group.shutdown()  # the workers ran on this Ray-on-Spark cluster, which ends now
                 ray.shutdown()
             shutdown_ray_cluster()
     finally:

@@ -43,3 +43,19 @@ class PacedSGD(LinearSGD):
             report(epoch, records, loss)
 
         return super().train(dataclasses.replace(ctx, progress=paced))
+
+
+def unseeded_mlp(dim: int) -> torch.nn.Module:
+    """A small network initialized from torch's global generator: equal across fits only if every fit starts from
+    a fresh process's random state."""
+    return torch.nn.Sequential(torch.nn.Linear(dim, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+class FailsOnRank1(LinearSGD):
+    """linear-sgd whose rank 1 raises in the first epoch while rank 0 waits for it in the collective: a user-code
+    failure that leaves a live peer blocked."""
+
+    def train(self, ctx):
+        if ctx.rank == 1:
+            raise ValueError("user code failed on rank 1")
+        return super().train(ctx)

@@ -1,5 +1,5 @@
-"""Ctrl-C during a fit stops the Ray job, not only the driver's wait: no Ray Train controller or worker is left
-training, and the next job in the same Ray runs (injected: SIGINT to a fresh process mid-job)."""
+"""Ctrl-C during a fit stops the job, not only the driver's wait: the interrupted group's workers are gone, and the
+next job in the same Ray runs (injected: SIGINT to a fresh process mid-job); warm workers end with the driver."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_job_aborts_the_ray_train_run():
+def test_ctrl_c_during_a_job_stops_its_workers():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-m", "tests.ray_backend.interrupt_job"], cwd=REPO, env=env,
@@ -23,5 +25,12 @@ def test_ctrl_c_during_a_job_aborts_the_ray_train_run():
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["raised"] == "KeyboardInterrupt" and out["interrupted_at_epoch"] >= 1
-    assert out["train_actors_alive"] == []  # before the fix: the controller, both workers and their helpers
+    assert out["workers_while_training"] == 2
+    assert out["interrupted_workers_alive"] == [] and out["groups_left"] == 0  # the group was released, not kept
     assert out["next_job_epochs"] == 1
+    # The next job's group was still warm when the driver exited; its processes ended with the driver.
+    assert len(out["warm_workers_at_exit"]) == 2
+    deadline = time.monotonic() + 20
+    while any(psutil.pid_exists(p) for p in out["warm_workers_at_exit"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(p) for p in out["warm_workers_at_exit"])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import logging
 
-import pytest
-
 from ray_backend.progress import Printer, ProgressState
 
 
@@ -60,54 +58,23 @@ def test_disabled_printer_is_silent(caplog):
     assert out.getvalue() == "" and not caplog.records
 
 
-def _watched(ray, plan, run):
-    from ray_backend import progress
-
-    actor = progress.make_actor(plan, 1, 1, 10)
-    return actor, progress.watch(run, actor, Printer("w", enabled=False))
-
-
-def test_watch_returns_once_rank_0_names_its_final_checkpoint(ray_local, caplog):
-    """The driver stops waiting when the final checkpoint is named; the run ends in the background, a late failure
-    is logged rather than raised, and the progress actor goes once the run has ended."""
-    import threading
-
+def test_board_keeps_each_run_apart_and_forgets_ended_runs(ray_local):
+    """One progress actor per Ray connection holds every job of the driver by run name."""
     import ray
 
     from ray_backend import progress
 
-    release = threading.Event()
-
-    def run():
-        ray.get_actor(*plan["progress_actor"]).finish.remote("/ckpt/final")
-        release.wait(30)  # Ray Train's shutdown, still going when watch() returns
-        raise RuntimeError("late failure")
-
-    plan = {"run_name": "detach-test"}
-    with caplog.at_level(logging.WARNING, logger="ray_backend.job"):
-        actor, (result, snap) = _watched(ray, plan, run)
-        assert result is None and snap["final_checkpoint"] == "/ckpt/final"
-        assert progress._DETACHED, "the run goes on in the background"
-        assert ray.get(actor.snapshot.remote(), timeout=10)["final_checkpoint"] == "/ckpt/final"
-        release.set()
-        progress.wait_detached(30)
-    assert not progress._DETACHED
-    assert any("late failure" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(actor.snapshot.remote(), timeout=10)
-
-
-def test_watch_waits_for_runs_that_name_no_checkpoint(ray_local):
-    """Without a named final checkpoint (the xgboost-ray engine, or a failing run) watch returns the run's result or
-    raises its error."""
-    import ray
-
-    plan = {"run_name": "no-detach-test"}
-    _, (result, snap) = _watched(ray, plan, lambda: "done")
-    assert result == "done" and snap["final_checkpoint"] is None
-
-    def fails():
-        raise ValueError("boom")
-
-    with pytest.raises(ValueError, match="boom"):
-        _watched(ray, {"run_name": "no-detach-fail"}, fails)
+    board, where = progress.board()
+    assert progress.board()[1] == where  # the same named actor, not a new one per job
+    ray.get([board.start.remote("a", 2, 1, 10), board.start.remote("b", 5, 2, 40)])
+    board.worker_started.remote("a", 0, 123, "n0", 0)
+    board.update.remote("a", 0, 0, 7, 0.5)
+    board.update.remote("b", 1, 0, 3, None)
+    a, b = ray.get([board.snapshot.remote("a"), board.snapshot.remote("b")])
+    assert (a["epochs"], a["records"], a["loss"], a["attempts"]) == (2, 7, 0.5, 1)
+    assert (b["epochs"], b["records"], b["loss"], b["attempts"]) == (5, 3, None, 0)
+    ray.get(board.end.remote("a"))
+    assert ray.get(board.snapshot.remote("a")) is None
+    board.update.remote("a", 0, 0, 9, 0.1)  # a late report of an ended run is dropped
+    assert ray.get(board.snapshot.remote("a")) is None and ray.get(board.snapshot.remote("b"))["records"] == 3
+    ray.get(board.end.remote("b"))

@@ -1,0 +1,150 @@
+"""Run one job on a warm worker group: borrow the group, start every worker's entry, show progress, and after a
+worker dies repair the group and resume from the newest checkpoint. Ctrl-C, a timeout or a failure in user code
+destroys the group (the next job starts a fresh one), so nothing of a broken job reaches the next."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ray_backend import checkpoints, progress, worker_group
+from ray_backend.errors import JobError
+from recordio import storage
+
+log = logging.getLogger("ray_backend.job")
+_SETTLE_S = 3.0  # after one worker fails, how long the others get to fail or finish before the group is killed
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run left: rank 0's return value, attempts, the last progress snapshot."""
+
+    result: Any
+    attempts: int
+    snapshot: dict[str, Any]
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_failures: int, epochs: int,
+        records_per_epoch: int, printer: progress.Printer, s3: storage.S3Options | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None, idle_timeout_s: float | None = None,
+        timeout_s: float | None = None) -> RunOutcome:
+    """Run `entry` with `plan` on a group of `shape`; `plan["checkpoints"]` is where rank 0 checkpoints, and each
+    attempt gets the newest committed one as `plan["resume"]`."""
+    keep_s = worker_group.idle_timeout(idle_timeout_s)
+    board, plan["progress_actor"] = progress.board()
+    run_name = plan["run_name"]
+    import ray
+
+    ray.get(board.start.remote(run_name, epochs, shape.num_workers, records_per_epoch))
+    deadline = None if not timeout_s else time.monotonic() + timeout_s
+    attempt, snap = 0, {}
+    try:
+        while True:
+            attempt += 1
+            group = worker_group.acquire(shape)
+            healthy = False
+            try:
+                plan["resume"] = checkpoints.latest(plan["checkpoints"], s3)
+                plan["attempt"] = attempt
+                payload = json.dumps(plan)
+                refs = [w.run.remote(entry, payload) for w in group.workers]
+                results, snap = _wait(refs, board, run_name, printer, on_progress, deadline)
+                healthy = True
+                return RunOutcome(result=results[0], attempts=attempt, snapshot=snap)
+            except _WorkerDied as exc:
+                if max_failures != -1 and attempt > max_failures:
+                    raise JobError(f"job {plan['job_name']!r} failed: a worker died ({exc}) and max_failures="
+                                   f"{max_failures} restarts are used up") from None
+                log.warning("[%s] a worker died (%s); restarting the group from the last checkpoint (attempt %d)",
+                            plan["job_name"], exc, attempt + 1)
+            finally:
+                worker_group.release(group, healthy, keep_s)
+    finally:
+        printer.close()
+        board.end.remote(run_name)
+
+
+def _wait(refs: list[Any], board: Any, run_name: str, printer: progress.Printer,
+          on_progress: Callable[[dict[str, Any]], None] | None, deadline: float | None) -> tuple[list[Any], dict]:
+    """Every worker's result, showing progress meanwhile; raise _WorkerDied or JobError on a failure."""
+    import ray
+
+    pending, snap = list(refs), {}
+    while pending:
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=progress_poll_s(), fetch_local=False)
+        failed = _first_failure(done)
+        if failed is not None:
+            _settle(pending)
+            _raise_failure(refs)
+        snap = _show(board, run_name, printer, on_progress) or snap
+        if deadline is not None and time.monotonic() > deadline and pending:
+            raise JobError(f"job {run_name!r} ran past its timeout")
+    return ray.get(refs), snap
+
+
+def progress_poll_s() -> float:
+    return 0.5
+
+
+def _first_failure(done: list[Any]) -> Any:
+    import ray
+
+    for ref in done:
+        try:
+            ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 (classified by _raise_failure)
+            return exc
+    return None
+
+
+def _settle(pending: list[Any]) -> None:
+    """Give the other workers a moment to fail too (a peer of a dead worker notices it within a second)."""
+    import ray
+
+    if pending:
+        ray.wait(pending, num_returns=len(pending), timeout=_SETTLE_S, fetch_local=False)
+
+
+def _raise_failure(refs: list[Any]) -> None:
+    """A dead worker (RayActorError on any of them) is a fault to recover from; otherwise the first user error."""
+    import ray
+
+    errors = []
+    for ref in refs:
+        ready, _ = ray.wait([ref], timeout=0, fetch_local=False)
+        if not ready:
+            continue
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            raise _WorkerDied(str(exc).splitlines()[0]) from None
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    cause = errors[0]
+    if isinstance(cause, ray.exceptions.RayTaskError):
+        cause = cause.cause if cause.cause is not None else cause
+    raise JobError(f"job failed: {type(cause).__name__}: {cause}") from cause
+
+
+def _show(board: Any, run_name: str, printer: progress.Printer,
+          on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
+    import ray
+
+    try:
+        snap = ray.get(board.snapshot.remote(run_name), timeout=10)
+    except Exception:  # noqa: BLE001 (progress is best-effort; the job's outcome decides)
+        return None
+    if snap is None:
+        return None
+    printer.show(snap)
+    if on_progress is not None:
+        on_progress(snap)
+    return snap
