@@ -100,3 +100,12 @@ def s3_server():
     pafs.S3FileSystem(**opts.as_kwargs(), allow_bucket_creation=True).create_dir(bucket)
     yield opts, bucket
     server.stop()
+
+
+@pytest.fixture(params=["driver", "executors"])
+def both_staging_paths(request, monkeypatch):
+    """Run a staging test twice: small DataFrames staged from the driver (the default below 4 MiB), and through the
+    executors' write pass, which larger data takes."""
+    if request.param == "executors":
+        monkeypatch.setattr("sparkml_ext.staging.channel.SMALL_BYTES", -1)
+    return request.param

@@ -10,7 +10,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest, Shard
@@ -24,14 +27,16 @@ from sparkml_ext.staging.validate import (
     check_stats,
     inspect_schema,
     native_stats,
+    partition_stats,
     select_columns,
     size_problem,
     spec_to_json,
     stats_task,
 )
-from sparkml_ext.staging.writer import RESULT_SCHEMA, TMP_SUFFIX, supports_rename, write_task
+from sparkml_ext.staging.writer import RESULT_SCHEMA, TMP_SUFFIX, supports_rename, write_partition, write_task
 
 _DTYPES = {"float32": 4, "float64": 8}
+SMALL_BYTES = 4 << 20  # a DataFrame Spark estimates at most this large is staged from the driver
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 
 
@@ -70,6 +75,31 @@ def channel_uri(staging: str, job: str, channel: str) -> str:
         if not _SAFE_NAME.match(name or "") or ".." in name:
             raise ValueError(f"unsafe {what} name {name!r} (letters, digits, '.', '_', '-', '=' only)")
     return join(staging, job, channel)
+
+
+def _collect_small(data) -> dict[int, list[pa.RecordBatch]] | None:
+    """A DataFrame whose plan Spark estimates at SMALL_BYTES or less, collected to the driver as Arrow batches by
+    Spark partition (one job; the shards come out as the write pass would write them); None for a larger one, an
+    empty one, and under Spark Connect (no plan statistics)."""
+    from pyspark.sql import functions as F
+
+    jdf = getattr(data, "_jdf", None)
+    if jdf is None:
+        return None
+    try:
+        size = int(str(jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+    except Exception:  # noqa: BLE001 (no estimate: the distributed path)
+        return None
+    if size > SMALL_BYTES:
+        return None
+    pid = f"__sparkml_ext_partition_{uuid.uuid4().hex[:8]}"
+    batches = data.withColumn(pid, F.spark_partition_id())._collect_as_arrow()
+    if not batches:
+        return None
+    table = pa.Table.from_batches(batches)
+    ids = table.column(pid).to_numpy()
+    table = table.drop_columns([pid])
+    return {int(p): table.filter(pa.array(ids == p)).to_batches() for p in np.unique(ids)}
 
 
 def _s3_dict(s3: S3Options | None) -> dict:
@@ -132,14 +162,18 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     t0 = time.perf_counter()
     spec = inspect_schema(df.schema, featuresCol, labelCol, uidCol, training)
     data = select_columns(df, spec)
-    if validation == "full":
+    small = None if _fault else _collect_small(data)
+    if small is not None:  # checked and written here, from one collect: no Python workers, no second job
+        per_partition = {p: partition_stats(iter(b), spec, _DTYPES[dtype]) for p, b in small.items()}
+        sizes_checked = True
+    elif validation == "full":
         rows = map_in_arrow(data, stats_task(spec_to_json(spec), _DTYPES[dtype]), STATS_SCHEMA).collect()
         per_partition, sizes_checked = {r.pid: json.loads(r.stats) for r in rows}, True
     else:
         per_partition, sizes_checked = native_stats(data, spec, _DTYPES[dtype])
     stats = check_stats(per_partition, spec)
     observe = spec.kind == KIND_VECTOR and not sizes_checked
-    if spec.kind == KIND_VECTOR and sizes_checked and stats.sparse_rows == 0:
+    if small is None and spec.kind == KIND_VECTOR and sizes_checked and stats.sparse_rows == 0:
         data = _dense_as_arrays(data, spec.features[0], dtype)
     t1 = time.perf_counter()
     plan: ShardPlan = plan_shards(stats.partitions, num_shards=num_shards, target_shard_bytes=target_shard_bytes)
@@ -153,7 +187,10 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     _prepare_dir(fs, base, mode)
     cfg = {"uri": uri, "s3": s3d, "features": spec.encode_features, "label": spec.label, "uid": spec.uid,
            "dtype": dtype, "plan": splits, "fault": _fault, "observe_vectors": observe}
-    results = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+    if small is not None and plan.repartition is None:
+        results = [SimpleNamespace(**r) for p, b in sorted(small.items()) for r in write_partition(iter(b), cfg, p, 0)]
+    else:
+        results = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
     t2 = time.perf_counter()
     feature_dim, sparse_rows = stats.feature_dim, stats.sparse_rows
     if observe:

@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest
 from sparkml_ext import read_recordio, register_data_source, write_channel
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("both_staging_paths")]
 
 
 def _q(x: float) -> float:
@@ -270,3 +270,4 @@ def test_vector_sample_counts_the_same_with_and_without_toarrow(spark, monkeypat
     if hasattr(DataFrame, "toArrow"):  # Spark 3.5 took the fallback above already
         monkeypatch.delattr(DataFrame, "toArrow")
         assert _sample_vectors(df, spec, 4) == expected
+

@@ -92,3 +92,26 @@ def test_planner_skips_empty_partitions_and_checks_arguments():
 
 def test_split_sizes():
     assert split_sizes(10, 3) == [4, 3, 3] and sum(split_sizes(7, 7)) == 7
+
+
+def test_small_data_is_staged_from_the_driver_in_one_job_with_the_executors_shards(spark, tmp_path, monkeypatch):
+    """Below SMALL_BYTES one Spark job collects the rows and the driver writes the very shards (names, bytes) the
+    executors' write pass writes."""
+    from sparkml_ext.staging import channel as staging
+    from tests.sparkml_ext.test_roundtrip import _rows
+
+    df = spark.createDataFrame(_rows(1000, 10, seed=4, sparse_every=7), ["features", "label", "uid"]) \
+        .repartition(3).cache()
+    df.count()
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("small-staging", "small staging", False)
+    try:
+        small = write_channel(df, str(tmp_path / "small"), "features", "label", "uid")
+        jobs = tracker.getJobIdsForGroup("small-staging")
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    monkeypatch.setattr(staging, "SMALL_BYTES", -1)
+    wide = write_channel(df, str(tmp_path / "wide"), "features", "label", "uid")
+    assert len(jobs) == 1
+    assert [(s.path, s.records, s.sha256) for s in small.shards] == [(s.path, s.records, s.sha256) for s in wide.shards]
+    assert len(small.shards) == 3

@@ -8,7 +8,7 @@ from pyspark.ml.linalg import Vectors
 from sparkml_ext import ChannelValidationError, write_channel
 from sparkml_ext.staging import channel, validate
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("both_staging_paths")]
 
 
 @pytest.fixture(params=["fast", "full", "sampled"])
