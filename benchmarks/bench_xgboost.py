@@ -1,9 +1,8 @@
-"""XGBoostClassifier (both engines) vs xgboost.spark's SparkXGBClassifier, same session, same cached DataFrame
+"""XGBoostClassifier vs xgboost.spark's SparkXGBClassifier, same session, same cached DataFrame
 (default 1,000,000 x 50 synthetic, held-out 20% for AUC), same params: 2 workers, max_depth 6, 50 rounds, hist.
 Reports fit seconds, held-out AUC and transform rows/s (to the `noop` sink), medians of --repeat runs.
 
-    .venv/bin/python benchmarks/bench_xgboost.py [--rows N] [--dim 50] [--rounds 50] [--repeat 1]
-        [--engines xgboost-ray,ray-train] [--no-peer]
+    .venv/bin/python benchmarks/bench_xgboost.py [--rows N] [--dim 50] [--rounds 50] [--repeat 1] [--no-peer]
 """
 
 from __future__ import annotations
@@ -63,7 +62,6 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--engines", default="xgboost-ray,ray-train")
     parser.add_argument("--no-peer", action="store_true", help="skip xgboost.spark's SparkXGBClassifier")
     args = parser.parse_args()
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
@@ -75,10 +73,9 @@ def main() -> None:
     train.count(), test.count()
     staging = tempfile.mkdtemp(prefix="bench-xgboost-")
     results = []
-    for engine in [e for e in args.engines.split(",") if e]:
-        results.append(measure(f"XGBoostClassifier[{engine}]", lambda engine=engine: XGBoostClassifier(
-            num_round=args.rounds, max_depth=args.depth, tree_method="hist", numWorkers=args.workers,
-            engine=engine, stagingUri=staging), train, test, args.repeat))
+    results.append(measure("XGBoostClassifier", lambda: XGBoostClassifier(
+        num_round=args.rounds, max_depth=args.depth, tree_method="hist", numWorkers=args.workers,
+        stagingUri=staging), train, test, args.repeat))
     if not args.no_peer:
         from xgboost.spark import SparkXGBClassifier
 

@@ -1,12 +1,11 @@
 """XGBoostClassifier in a Spark ML Pipeline: train on Ray (each worker reads its own staged shards), evaluate with
 Spark's evaluator, early-stop on a validation split, save and load the pipeline.
 
-    .venv/bin/python examples/xgboost_classifier.py [--engine auto|xgboost-ray|ray-train]
+    .venv/bin/python examples/xgboost_classifier.py
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,21 +22,18 @@ from sparkml_ext import XGBoostClassifier  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--engine", default="auto", choices=["auto", "xgboost-ray", "ray-train"])
-    args = parser.parse_args()
     spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
     data = load_breast_cancer()
     names = [f"f{j}" for j in range(data.data.shape[1])]
     rows = [tuple(float(v) for v in x) + (float(y),) for x, y in zip(data.data, data.target, strict=True)]
     train, test = spark.createDataFrame(rows, [*names, "label"]).randomSplit([0.8, 0.2], seed=7)
 
-    xgb = (XGBoostClassifier(numWorkers=2, engine=args.engine, validationFraction=0.2)
+    xgb = (XGBoostClassifier(numWorkers=2, validationFraction=0.2)
            .setNumRound(200).setEta(0.1).setMaxDepth(4).setEvalMetric("logloss").setEarlyStoppingRounds(10))
     pipeline = Pipeline(stages=[VectorAssembler(inputCols=names, outputCol="features"), xgb])
     model = pipeline.fit(train)
     summary = model.stages[-1].trainingSummary
-    print(f"engine {summary['engine']}: boosted {summary['boosted_rounds']} rounds, kept {summary['kept_rounds']} "
+    print(f"boosted {summary['boosted_rounds']} rounds, kept {summary['kept_rounds']} "
           f"(best iteration {summary['best_iteration']})")
 
     scored = model.transform(test)

@@ -88,7 +88,7 @@ class TorchCollective(Collective):
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialized (run inside a Ray Train TorchTrainer worker)")
+            raise RuntimeError("torch.distributed is not initialized (run inside a ray_backend worker group)")
         self._dist = dist
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.backend = str(dist.get_backend())
@@ -119,6 +119,16 @@ class TorchCollective(Collective):
 
     def barrier(self) -> None:
         self._dist.barrier()
+
+
+def allgather_str(coll: Collective, text: str, width: int = 128) -> list[str]:
+    """Every worker's `text` (at most `width` UTF-8 bytes, no NUL), in rank order."""
+    raw = text.encode()
+    if len(raw) > width:
+        raise ValueError(f"{text!r} is longer than {width} bytes")
+    buf = np.zeros(width, dtype=np.int64)
+    buf[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return [bytes(a[a > 0].astype(np.uint8).tolist()).decode() for a in coll.allgather(buf)]
 
 
 class HorovodCollective(Collective):

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from typing import Any
 
-import numpy as np
-
 _SERVER: Any = None
 
 
@@ -48,15 +46,6 @@ def _iface_for(ip: str) -> str:
     return "lo" if ip.startswith("127.") else ""
 
 
-def _allgather_str(coll: Any, text: str, width: int = 128) -> list[str]:
-    raw = text.encode()
-    if len(raw) > width:
-        raise ValueError(f"{text!r} is longer than {width} bytes")
-    buf = np.zeros(width, dtype=np.int64)
-    buf[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    return [bytes(a[a > 0].astype(np.uint8).tolist()).decode() for a in coll.allgather(buf)]
-
-
 def horovod_env(node_ids: list[str]) -> dict[int, dict[str, str]]:
     """Per world rank: Horovod's rank/local/cross variables, exactly as Ray's V1 Horovod backend sets them
     (hostname = Ray node id, rank = world rank; local and cross ranks from horovod.ray's Coordinator rules)."""
@@ -88,10 +77,10 @@ def init_in_ray_worker(torch_collective: Any) -> Any:
     from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
     from horovod.runner.http.http_server import RendezvousServer
 
-    from ray_backend.collective import HorovodCollective
+    from ray_backend.collective import HorovodCollective, allgather_str
 
     rank, world = torch_collective.rank, torch_collective.world_size
-    node_ids = _allgather_str(torch_collective, ray.get_runtime_context().get_node_id())
+    node_ids = allgather_str(torch_collective, ray.get_runtime_context().get_node_id())
     env = horovod_env(node_ids)
     ip = _node_ip()
     if rank == 0:
@@ -105,7 +94,7 @@ def init_in_ray_worker(torch_collective: Any) -> Any:
         where = f"{ip}:{port}"
     else:
         where = ""
-    server = _allgather_str(torch_collective, where)[0]
+    server = allgather_str(torch_collective, where)[0]
     addr, port_text = server.rsplit(":", 1)
     os.environ.update(env[rank])
     os.environ.update({"HOROVOD_GLOO_RENDEZVOUS_ADDR": addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": port_text,

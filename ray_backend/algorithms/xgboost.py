@@ -1,6 +1,6 @@
 """XGBoost as a ray_backend algorithm: SageMaker XGBoost hyperparameters (validated without importing xgboost) and
-prediction from the artifact's UBJSON booster (`model.ubj`). Training runs in `ray_backend.xgboost` (xgboost-ray
-or Ray Train's XGBoostTrainer), because xgboost needs its own collective (a Rabit tracker), not torch's."""
+prediction from the artifact's UBJSON booster (`model.ubj`). Training runs in `ray_backend.xgboost` (on the same
+warm worker groups), because xgboost needs its own collective (a Rabit tracker), not torch's."""
 
 from __future__ import annotations
 

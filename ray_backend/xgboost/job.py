@@ -1,14 +1,13 @@
-"""XGBoost jobs: validate before Ray, pick the engine (xgboost-ray or Ray Train's XGBoostTrainer), train with every
-worker reading its own shards, then write the artifact (model.json + the booster as UBJSON, `model.ubj`)."""
+"""XGBoost jobs on the warm worker groups (`ray_backend.worker_group`, the same ones torch jobs use): validate
+before Ray, boost with every worker reading its own shards in xgboost's collective (`ray_backend.xgboost.worker`),
+resume from the last checkpoint after a worker dies, then write the artifact (model.json + the booster as UBJSON,
+`model.ubj`)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,19 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from ray_backend import __version__, artifact
+from ray_backend import __version__, artifact, checkpoints, progress, runner
 from ray_backend.algorithm import ModelState, import_path
 from ray_backend.algorithms.xgboost import BOOSTER_FILE, XGBoost, booster_params
 from ray_backend.channels import ChannelSpec
-from ray_backend.errors import ChannelError, JobError
-from ray_backend.job import JobResult, JobSpec, plan_job
+from ray_backend.errors import ChannelError
+from ray_backend.job import JobResult, JobSpec, check_capacity, plan_job
 from ray_backend.sharding import SHARDED_BY_KEY
+from ray_backend.worker_group import Shape
 from recordio import storage
 from recordio.manifest import Manifest
 
 log = logging.getLogger("ray_backend.xgboost")
-ENGINES = ("auto", "xgboost-ray", "ray-train")
-XGBOOST_RAY_MAX_XGBOOST = (2, 0, 3)  # xgboost-ray 0.1.19's tracker fails with xgboost >= 2.1
 
 
 @dataclass
@@ -43,9 +41,7 @@ class XGBoostJobSpec:
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: bool = False
-    engine: str = "auto"
-    max_failures: int = 0  # xgboost-ray: actor restarts; ray-train: worker-group restarts from the last checkpoint
-    elastic_training: bool = False  # xgboost-ray only: go on with fewer actors while a failed one restarts
+    max_failures: int = 0  # worker-group restarts, each from the last checkpoint (-1: unlimited)
     checkpoint_frequency: int = 5  # boosting rounds between checkpoints
     weight_in_features: bool = False  # the staged features' last column is the instance weight
     address: str = "local"
@@ -55,44 +51,8 @@ class XGBoostJobSpec:
     callbacks: tuple[tuple[str, dict[str, Any]], ...] = ()
     model_uri: str | None = None  # channel 'model': an xgboost artifact to continue boosting from (num_round more)
     progress: bool = True  # show rounds, records/s and the latest train metric on the driver
-
-
-@dataclass
-class TrainOutcome:
-    """What an engine hands back: the final booster as UBJSON, per-round metrics, attempts and resume rounds."""
-
-    booster: bytes
-    history: list[dict[str, float]]
-    attempts: int
-    starts: list[int]  # boosted rounds already done at each (re)start
-
-
-def xgboost_ray_problem() -> str | None:
-    """Why the xgboost-ray engine cannot run in this environment, or None when it can."""
-    if importlib.util.find_spec("xgboost_ray") is None:
-        return "xgboost-ray is not installed (pip install 'sparkml-ext[xgboost-ray]')"
-    version = importlib.metadata.version("xgboost")
-    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
-    if parts > XGBOOST_RAY_MAX_XGBOOST:
-        return f"xgboost-ray trains only with xgboost <= 2.0.3; xgboost {version} is installed"
-    return None
-
-
-def resolve_engine(engine: str) -> str:
-    """`auto` → xgboost-ray when it can run here, else ray-train; an explicit engine is checked."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    problem = xgboost_ray_problem()
-    if engine == "auto":
-        return "ray-train" if problem else "xgboost-ray"
-    if engine == "xgboost-ray" and problem:
-        raise ValueError(f"engine='xgboost-ray' cannot run: {problem}; use engine='ray-train' or 'auto'")
-    return engine
-
-
-def driver_modules(engine: str) -> tuple[str, ...]:
-    """What `run_xgboost_job` imports on the driver for `engine` (see `ray_backend.job.DRIVER_MODULES`)."""
-    return ("xgboost_ray",) if resolve_engine(engine) == "xgboost-ray" else ("ray.train", "ray.train.xgboost")
+    idle_timeout_s: float | None = None  # keep the worker group warm this long (None: $SPARKML_EXT_WORKER_IDLE_TIMEOUT)
+    timeout_s: float | None = None  # fail the job when it runs longer (None: no limit)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -108,7 +68,6 @@ def prepare(spec: XGBoostJobSpec) -> dict[str, Any]:
         use_gpu=spec.use_gpu, max_failures=spec.max_failures, address=spec.address, s3=spec.s3,
         local_dir=spec.local_dir))
     hp = plan["hyperparameters"]
-    engine = resolve_engine(spec.engine)
     _positive_int("cpus_per_worker", spec.cpus_per_worker)
     _positive_int("checkpoint_frequency", spec.checkpoint_frequency)
     for name, channel in plan["channels"].items():
@@ -117,12 +76,6 @@ def prepare(spec: XGBoostJobSpec) -> dict[str, Any]:
                              f"worker), got {channel['distribution']!r}")
     if hp.get("early_stopping_rounds") and "validation" not in plan["channels"]:
         raise ValueError("early_stopping_rounds needs a validation channel")
-    if spec.elastic_training:
-        if engine != "xgboost-ray":
-            raise ValueError("elastic_training is an xgboost-ray feature; the ray-train engine restarts the whole "
-                             "worker group from its last checkpoint instead")
-        if spec.max_failures < 1 or spec.num_workers < 2:
-            raise ValueError("elastic_training needs max_failures >= 1 and num_workers >= 2")
     train_manifest = Manifest.from_json(plan["manifests"]["train"])
     feature_dim = train_manifest.feature_dim - (1 if spec.weight_in_features else 0)
     if feature_dim < 1:
@@ -133,9 +86,8 @@ def prepare(spec: XGBoostJobSpec) -> dict[str, Any]:
     for path, _ in callbacks:
         if not callable(import_path(path, what="callback")):
             raise ValueError(f"callback {path!r} is not callable")
-    plan.update(engine=engine, feature_dim=feature_dim, weight_in_features=bool(spec.weight_in_features),
-                num_workers=spec.num_workers, cpus_per_worker=spec.cpus_per_worker, max_failures=spec.max_failures,
-                elastic_training=bool(spec.elastic_training), checkpoint_frequency=spec.checkpoint_frequency,
+    plan.update(feature_dim=feature_dim, weight_in_features=bool(spec.weight_in_features),
+                cpus_per_worker=spec.cpus_per_worker, checkpoint_frequency=spec.checkpoint_frequency,
                 params=booster_params(hp, use_gpu=spec.use_gpu), num_round=hp["num_round"],
                 early_stopping_rounds=hp.get("early_stopping_rounds", 0), callbacks=callbacks,
                 model_uri=spec.model_uri, warm_rounds=warm_rounds, total_rounds=warm_rounds + hp["num_round"])
@@ -158,14 +110,6 @@ def _check_warm_start(spec: XGBoostJobSpec, hp: dict[str, Any], feature_dim: int
     return int(warm["state"]["kept_rounds"])
 
 
-def warm_model(plan: dict[str, Any]) -> bytearray | None:
-    """The 'model' channel's booster as UBJSON (sha256-verified from its artifact) to continue from, or None."""
-    if not plan["model_uri"]:
-        return None
-    s3 = storage.S3Options(**plan["s3"]) if plan["s3"] else None
-    return bytearray(artifact.load(plan["model_uri"], s3=s3).tensors[BOOSTER_FILE].tobytes())
-
-
 def run_xgboost_job(spec: XGBoostJobSpec,
                     on_progress: Callable[[dict[str, Any]], None] | None = None) -> JobResult:
     """Train XGBoost on Ray and write `<output>/<job>/model/`; bad input raises before any Ray work. `on_progress`
@@ -174,38 +118,22 @@ def run_xgboost_job(spec: XGBoostJobSpec,
 
     t_start = time.perf_counter()
     plan = prepare(spec)
-    resources = connect(spec.address)
-    gpus = 1 if spec.use_gpu else 0
-    if spec.address == "local" and (spec.cpus_per_worker * spec.num_workers > resources.get("CPU", 0) or
-                                    gpus * spec.num_workers > resources.get("GPU", 0)):
-        raise ValueError(f"num_workers={spec.num_workers} x {spec.cpus_per_worker} CPU{' + 1 GPU' if gpus else ''} "
-                         f"exceeds this Ray cluster's {resources.get('CPU', 0)} CPUs / {resources.get('GPU', 0)} GPUs")
+    train_manifest = Manifest.from_json(plan["manifests"]["train"])
+    shape = Shape.of(spec.num_workers, {"CPU": spec.cpus_per_worker}, spec.use_gpu)
+    check_capacity(spec, connect(spec.address), shape.bundle)
     t_connected = time.perf_counter()
-    if plan["engine"] == "xgboost-ray":
-        from ray_backend.xgboost import xgboost_ray_engine as engine
-    else:
-        from ray_backend.xgboost import ray_train_engine as engine
-    from ray_backend import progress
-
-    actor = progress.make_actor(plan, plan["total_rounds"], spec.num_workers,
-                                Manifest.from_json(plan["manifests"]["train"]).records)
     printer = progress.Printer(plan["job_name"], enabled=spec.progress, log_each_epoch=False, unit="round")
-    try:
-        outcome, snap = progress.watch(lambda: engine.train(plan, spec), actor, printer, on_progress,
-                                       ray_train=plan["engine"] != "xgboost-ray")
-        if outcome is None:  # rank 0 finished; Ray Train shuts the run down in the background
-            outcome = engine.finished_outcome(plan, spec, snap)
-    except JobError:
-        raise
-    except Exception as exc:
-        raise JobError(f"job {plan['job_name']!r} failed ({plan['engine']} engine): {exc}") from exc
+    outcome = runner.run(plan, "xgboost", shape, max_failures=spec.max_failures, epochs=plan["total_rounds"],
+                         records_per_epoch=train_manifest.records, printer=printer, s3=spec.s3,
+                         on_progress=on_progress, idle_timeout_s=spec.idle_timeout_s, timeout_s=spec.timeout_s)
     t_fit = time.perf_counter()
-    booster, state = _final_booster(outcome.booster, plan)
+    files, ckpt = checkpoints.read(outcome.result, (BOOSTER_FILE,), spec.s3)
+    booster, state = _final_booster(files[BOOSTER_FILE], plan)
     model_uri = artifact.model_uri(spec.output_uri, plan["job_name"])
     algo = XGBoost(plan["hyperparameters"], plan["feature_dim"])
     algo.load_state(ModelState(tensors={BOOSTER_FILE: np.frombuffer(booster, np.uint8)}, meta={}))
-    train_manifest = Manifest.from_json(plan["manifests"]["train"])
-    timings = {"connect_s": t_connected - t_start, "fit_s": t_fit - t_connected}
+    timings = {"connect_s": t_connected - t_start, "fit_s": t_fit - t_connected,
+               "total_s": time.perf_counter() - t_start}
     meta = {
         "algorithm": XGBoost.name, "algorithm_path": XGBoost.name, "algorithm_version": XGBoost.version,
         "package_version": __version__, "hyperparameters": plan["hyperparameters"],
@@ -213,19 +141,18 @@ def run_xgboost_job(spec: XGBoostJobSpec,
         "input_schema": {"sparse": train_manifest.sparse, "dtypes": train_manifest.dtypes,
                          "has_label": train_manifest.has_label, "weight_in_features": plan["weight_in_features"]},
         "output_columns": algo.output_columns(), "output_widths": algo.output_widths(),
-        "metrics_history": outcome.history,
+        "metrics_history": ckpt["history"],
         "data_manifest_sha256": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in plan["manifests"].items()},
-        "workers": spec.num_workers, "backend": plan["engine"], "engine": plan["engine"],
-        "use_gpu": bool(spec.use_gpu), "job_name": plan["job_name"], "run_name": plan["run_name"],
-        "attempts": outcome.attempts, "warm_start_from": spec.model_uri, "timings": timings,
-        "state": {**state, "starts": outcome.starts},
+        "workers": spec.num_workers, "backend": "xgboost", "use_gpu": bool(spec.use_gpu),
+        "job_name": plan["job_name"], "run_name": plan["run_name"], "attempts": outcome.attempts,
+        "warm_start_from": spec.model_uri, "timings": timings, "state": {**state, "starts": ckpt["starts"]},
     }
     artifact.save(model_uri, meta, {}, s3=spec.s3, files={BOOSTER_FILE: booster})
+    checkpoints.remove(plan["checkpoints"], spec.s3)
     timings["total_s"] = time.perf_counter() - t_start
-    log.info("[%s] xgboost model (%s) written to %s in %.1f s", plan["job_name"], plan["engine"], model_uri,
-             timings["total_s"])
+    log.info("[%s] xgboost model written to %s in %.1f s", plan["job_name"], model_uri, timings["total_s"])
     return JobResult(job_name=plan["job_name"], run_name=plan["run_name"], model_uri=model_uri,
-                     metrics_history=outcome.history, attempts=outcome.attempts, timings=timings, meta=meta)
+                     metrics_history=ckpt["history"], attempts=outcome.attempts, timings=timings, meta=meta)
 
 
 def _final_booster(raw: bytes, plan: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
@@ -242,59 +169,3 @@ def _final_booster(raw: bytes, plan: dict[str, Any]) -> tuple[bytes, dict[str, A
         state["stopped_early"] = True
     state["kept_rounds"] = booster.num_boosted_rounds()
     return bytes(booster.save_raw(raw_format="ubj")), state
-
-
-def history_from_evals(evals_log: dict[str, dict[str, list[float]]], first_round: int = 0) -> list[dict[str, float]]:
-    """xgboost's {data: {metric: [per round]}} as one dict per round: {"round", "train-logloss", ...}."""
-    rounds = max((len(v) for metrics in evals_log.values() for v in metrics.values()), default=0)
-    return [{"round": float(first_round + i),
-             **{f"{data}-{metric}": float(values[i]) for data, metrics in evals_log.items()
-                for metric, values in metrics.items() if i < len(values)}} for i in range(rounds)]
-
-
-def make_callbacks(plan: dict[str, Any], rank: int | None = None) -> list[Any]:
-    """Progress reporting plus the user's xgboost TrainingCallbacks (built from their import paths); `rank` is
-    the worker's, or None to ask xgboost's collective."""
-    user = [import_path(path, what="callback")(**kwargs) for path, kwargs in plan["callbacks"]]
-    return [_progress_callback(plan, rank), *user] if plan.get("progress_actor") else user
-
-
-def _progress_callback(plan: dict[str, Any], rank: int | None) -> Any:
-    """A TrainingCallback through which rank 0 reports each round (records, first train metric) to the
-    progress actor; built lazily so it pickles to xgboost-ray actors without an actor handle."""
-    from xgboost.callback import TrainingCallback
-
-    records = Manifest.from_json(plan["manifests"]["train"]).records
-    actor_name, namespace = plan["progress_actor"]
-
-    class Progress(TrainingCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.actor: Any = None
-
-        def before_training(self, model: Any) -> Any:
-            import ray
-            import xgboost as xgb
-
-            if (xgb.collective.get_rank() if rank is None else rank) == 0:
-                self.actor = ray.get_actor(actor_name, namespace=namespace)
-                ray.get(self.actor.worker_started.remote(0, os.getpid(), ray.get_runtime_context().get_node_id(),
-                                                         model.num_boosted_rounds()), timeout=60)
-            return model
-
-        def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
-            if self.actor is not None:
-                last = history_from_evals(evals_log)[-1] if evals_log else {}
-                metrics = {k: v for k, v in last.items() if k != "round"}
-                loss = next((v for k, v in metrics.items() if k.startswith("train-")), None)
-                done = model.num_boosted_rounds()
-                self.actor.update.remote(0, done - 1, records, loss)
-                self.actor.epoch_end.remote({"epoch": float(done - 1), **metrics})
-            return False
-
-    return Progress()
-
-
-def evals_names(plan: dict[str, Any]) -> list[str]:
-    """Evaluation sets in order: train, then validation (the last one drives early stopping)."""
-    return ["train"] + (["validation"] if "validation" in plan["channels"] else [])

@@ -83,6 +83,11 @@ def _load_metadata(path: str, spark) -> dict:
     return DefaultParamsReader._parseMetaData(text.splitlines()[0])
 
 
+# Params saved by earlier versions that no longer exist (the XGBoost engines went with the warm worker groups):
+# dropped on load, so older saved models and pipelines still load.
+RETIRED_PARAMS = ("engine", "elasticTraining")
+
+
 class ParamsReader(MLReader):
     """Reads what ParamsWriter wrote back into an instance of the saved class."""
 
@@ -92,6 +97,9 @@ class ParamsReader(MLReader):
 
     def load(self, path: str):
         metadata = _load_metadata(path, self.sparkSession)
+        for key in ("paramMap", "defaultParamMap"):  # Params of earlier versions that no longer exist
+            for name in RETIRED_PARAMS:
+                metadata.get(key, {}).pop(name, None)
         instance = _class_of(metadata["class"])()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)

@@ -1,15 +1,16 @@
 """XGBoostClassifier / XGBoostRegressor: SageMaker XGBoost hyperparameters (`num_round`, `eta`, `max_depth`, ...,
-camelCase setters `setNumRound`, `setEta`), trained on Ray by xgboost-ray or Ray Train's XGBoostTrainer (`engine`),
-every worker reading its own staged shards; dense or sparse (CSR, never densified) features, optional weightCol,
-validation data with early stopping. Classifiers output Spark ML's `prediction`/`probability`/`rawPrediction`
-plus SageMaker's `score`/`predicted_label` (multiclass `score` = the class-probability vector)."""
+camelCase setters `setNumRound`, `setEta`), trained on Ray's warm worker groups in xgboost's own collective, every
+worker reading its own staged shards; dense or sparse (CSR, never densified) features, optional weightCol,
+validation data with early stopping, resumed from the last checkpoint after a worker dies. Classifiers output
+Spark ML's `prediction`/`probability`/`rawPrediction` plus SageMaker's `score`/`predicted_label` (multiclass
+`score` = the class-probability vector)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param import Param, Params
 from pyspark.ml.param.shared import HasWeightCol
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -20,7 +21,6 @@ from sparkml_ext.ml.estimator import BuiltinEstimator, RayEstimator, RayModel
 from sparkml_ext.ml.params import accessors
 from sparkml_ext.ml.sagemaker_params import Hyperparameter, SageMakerHyperparameters, declare, one_of, ranged
 
-ENGINES = ("auto", "xgboost-ray", "ray-train")
 CLASSIFIER_OBJECTIVES = ("binary:logistic", "binary:logitraw", "binary:hinge", "multi:softprob", "multi:softmax")
 REGRESSOR_OBJECTIVES = ("reg:squarederror", "reg:squaredlogerror", "reg:logistic", "reg:pseudohubererror",
                         "reg:absoluteerror", "reg:gamma", "reg:tweedie", "count:poisson")
@@ -73,20 +73,15 @@ _COMMON = (
 
 @accessors
 class _XGBoostParams(SageMakerHyperparameters, HasWeightCol):
-    """Engine settings shared by both estimators (the SageMaker hyperparameters are declared per class)."""
+    """Training settings shared by both estimators (the SageMaker hyperparameters are declared per class)."""
 
-    engine = Param(Params._dummy(), "engine", "training engine: auto (xgboost-ray when installed with a compatible "
-                   "xgboost, else ray-train), xgboost-ray or ray-train", typeConverter=one_of("engine", ENGINES))
     checkpointFrequency = Param(Params._dummy(), "checkpointFrequency",
                                 "boosting rounds between checkpoints (the restart point after a worker failure)",
                                 typeConverter=ranged("checkpointFrequency", int, 1))
-    elasticTraining = Param(Params._dummy(), "elasticTraining",
-                            "xgboost-ray only: keep training with fewer actors while a failed one restarts "
-                            "(needs maxFailures >= 1)", typeConverter=TypeConverters.toBoolean)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setDefault(engine="auto", checkpointFrequency=5, elasticTraining=False)
+        self._setDefault(checkpointFrequency=5)
 
     def setWeightCol(self, value: str):  # noqa: N802 (Spark naming)
         """Set the instance-weight column (numeric, non-negative); unset or '' means unweighted."""
@@ -112,10 +107,8 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         """Checks that need no job (Params, columns), then one aggregation over label/weight; returns the
         hyperparameters (num_class inferred for multiclass classifiers)."""
         from ray_backend.algorithms.xgboost import XGBoost
-        from ray_backend.xgboost import resolve_engine
 
         self._check_input(dataset)
-        resolve_engine(self.getEngine())
         if self.getDataDistribution() != "ShardedByKey":
             raise ValueError("dataDistribution must be ShardedByKey for XGBoost (each row on exactly one worker)")
         if self.getBackend() != "torch":
@@ -127,8 +120,6 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         if hp.get("early_stopping_rounds") and not has_validation:
             raise ValueError("early_stopping_rounds needs validation data: set validationFraction or "
                              "validationIndicatorCol")
-        if self.getElasticTraining() and (self.getMaxFailures() < 1 or self.getNumWorkers() < 2):
-            raise ValueError("elasticTraining needs maxFailures >= 1 and numWorkers >= 2")
         weight = self._weight_col()
         fields = {f.name: f.dataType for f in dataset.schema.fields}
         if weight is not None:
@@ -196,23 +187,18 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         model = RayEstimator._fit(est, assemble(dataset))
         return model._set(featuresCol=feat)
 
-    def _driver_modules(self) -> tuple[str, ...]:
-        from ray_backend.xgboost import driver_modules
-
-        return driver_modules(self.getEngine())
-
     def _run_job(self, spec: dict):
-        """Run the XGBoost job (xgboost-ray or Ray Train) on the staged channels."""
+        """Run the XGBoost job on the staged channels."""
         from ray_backend.xgboost import XGBoostJobSpec, run_xgboost_job
 
         cpus = (spec.get("resources_per_worker") or {}).get("CPU", 1)
         return run_xgboost_job(XGBoostJobSpec(
             output_uri=spec["output_uri"], train=spec["train"], validation=spec["validation"],
             hyperparameters=spec["hyperparameters"], job_name=spec["job_name"], num_workers=spec["num_workers"],
-            cpus_per_worker=max(1, int(cpus)), use_gpu=spec["use_gpu"], engine=self.getEngine(),
-            max_failures=spec["max_failures"], elastic_training=self.getElasticTraining(),
+            cpus_per_worker=max(1, int(cpus)), use_gpu=spec["use_gpu"], max_failures=spec["max_failures"],
             checkpoint_frequency=self.getCheckpointFrequency(), weight_in_features=self._weighted,
-            address=spec["address"], s3=spec.get("s3"), model_uri=spec["model_uri"], progress=spec["progress"]))
+            address=spec["address"], s3=spec.get("s3"), model_uri=spec["model_uri"], progress=spec["progress"],
+            idle_timeout_s=spec.get("idle_timeout_s"), timeout_s=spec.get("timeout_s")))
 
 
 class _XGBoostModel(RayModel, _XGBoostParams):
@@ -231,9 +217,9 @@ class _XGBoostModel(RayModel, _XGBoostParams):
 
     @property
     def trainingSummary(self) -> dict:  # noqa: N802 (Spark naming)
-        """Engine, rounds boosted and kept, best iteration, attempts and the per-round metrics history."""
+        """Rounds boosted and kept, best iteration, attempts and the round each started from, per-round metrics."""
         meta = self._meta()
-        return {"engine": meta.get("engine"), "attempts": meta.get("attempts"), **meta.get("state", {}),
+        return {"attempts": meta.get("attempts"), **meta.get("state", {}),
                 "metrics_history": meta["metrics_history"]}
 
 

@@ -38,14 +38,12 @@ ESTIMATORS = {
     "KMeans": (lambda staging: KMeans(k=2, mini_batch_size=100, stagingUri=staging), set()),
     "PCA": (lambda staging: PCA(num_components=3, stagingUri=staging), set()),
     # -- xgboost (issue 7) --
-    "XGBoostClassifier[xgboost-ray]": (lambda staging: XGBoostClassifier(
-        num_round=10, max_depth=3, engine="xgboost-ray", stagingUri=staging), {"weightCol"}),
-    "XGBoostClassifier[ray-train]": (lambda staging: XGBoostClassifier(
-        num_round=10, max_depth=3, engine="ray-train", stagingUri=staging), {"weightCol"}),
+    "XGBoostClassifier": (lambda staging: XGBoostClassifier(
+        num_round=10, max_depth=3, stagingUri=staging), {"weightCol"}),
     "XGBoostRegressor": (lambda staging: XGBoostRegressor(
         num_round=10, max_depth=3, stagingUri=staging), {"weightCol"}),
 }
-NO_DEFAULT_ANYWHERE = {"validationIndicatorCol", "validationData"}
+NO_DEFAULT_ANYWHERE = {"validationIndicatorCol", "validationData", "workerIdleTimeout"}
 
 
 def _output_param(est):

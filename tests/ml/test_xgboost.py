@@ -1,4 +1,4 @@
-"""XGBoostClassifier / XGBoostRegressor on real Spark and the shared two-node Ray cluster, with both engines:
+"""XGBoostClassifier / XGBoostRegressor on real Spark and the shared two-node Ray cluster (warm worker groups):
 quality equal to single-process xgboost on the same rows, Spark ML + SageMaker output columns, multiclass,
 sparse input, weights, early stopping, Pipeline persistence, CrossValidator, and input errors before any job."""
 
@@ -22,7 +22,6 @@ from sklearn.metrics import accuracy_score, mean_squared_error, roc_auc_score
 
 from sparkml_ext import XGBoostClassificationModel, XGBoostClassifier, XGBoostRegressionModel, XGBoostRegressor
 
-ENGINES = ["xgboost-ray", "ray-train"]
 HP = {"num_round": 20, "max_depth": 3, "eta": 0.3}
 
 
@@ -43,17 +42,18 @@ def cancer_split(cancer_vectors, ray_local):
     return train.cache(), test.cache()
 
 
-@pytest.fixture(scope="module", params=ENGINES)
-def fitted(request, cancer_split, tmp_path_factory):
+@pytest.fixture(scope="module")
+def fitted(cancer_split, tmp_path_factory):
     train, _ = cancer_split
-    est = XGBoostClassifier(numWorkers=2, engine=request.param, stagingUri=str(tmp_path_factory.mktemp("s")), **HP)
-    return request.param, est.fit(train)
+    return XGBoostClassifier(numWorkers=2, stagingUri=str(tmp_path_factory.mktemp("s")), **HP).fit(train)
 
 
 def test_classifier_matches_single_process_xgboost(fitted, cancer_split):
-    engine, model = fitted
+    model = fitted
     train, test = cancer_split
-    assert isinstance(model, XGBoostClassificationModel) and model.trainingSummary["engine"] == engine
+    assert isinstance(model, XGBoostClassificationModel)
+    assert model.trainingSummary["attempts"] == 1 and model.trainingSummary["starts"] == [0]
+    assert model._meta()["backend"] == "xgboost" and "engine" not in model._meta()
     scored = model.transform(test)
     assert {"prediction", "probability", "rawPrediction", "score", "predicted_label"} <= set(scored.columns)
     auc = BinaryClassificationEvaluator(rawPredictionCol="rawPrediction").evaluate(scored)
@@ -73,14 +73,14 @@ def test_endpoint_transform_equals_in_cluster_from_a_generic_ray_model(fitted, c
     from ray_backend.serving import endpoint
     from sparkml_ext import RayModel
 
-    engine, model = fitted
+    model = fitted
     _, test = cancer_split
     generic = RayModel.fromArtifact(model.artifactUri)
     assert type(generic) is XGBoostClassificationModel
     expected = model.transform(test)
     assert_df_equality(generic.transform(test), expected)
     assert_df_equality(RayModel(model.artifactUri).transform(test), expected)  # binary: score stays a number
-    name = f"xgb-{engine}"
+    name = "xgb-classifier"
     try:
         hosted = RayModel.fromArtifact(model.artifactUri, endpointName=name).setMaxBatchRecords(64)
         assert_df_equality(hosted.transform(test), expected)
@@ -89,7 +89,7 @@ def test_endpoint_transform_equals_in_cluster_from_a_generic_ray_model(fitted, c
 
 
 def test_pipeline_with_xgboost_stage_saves_and_loads(fitted, cancer_split, tmp_path):
-    _, model = fitted
+    model = fitted
     _, test = cancer_split
     pipeline = PipelineModel(stages=[model])
     pipeline.write().overwrite().save(str(tmp_path / "p"))
@@ -100,20 +100,22 @@ def test_pipeline_with_xgboost_stage_saves_and_loads(fitted, cancer_split, tmp_p
 
 
 def test_initial_model_uri_continues_boosting(fitted, cancer_split, tmp_path):
-    engine, model = fitted
+    model = fitted
     train, _ = cancer_split
-    more = XGBoostClassifier(numWorkers=2, engine=engine, stagingUri=str(tmp_path), initialModelUri=model.artifactUri,
-                             **{**HP, "num_round": 2}).fit(train)
+    from ray_backend import worker_group
+
+    more = XGBoostClassifier(numWorkers=2, stagingUri=str(tmp_path), initialModelUri=model.artifactUri,
+                             workerIdleTimeout=0, trainingTimeout=300, **{**HP, "num_round": 2}).fit(train)
     assert more.getBooster().num_boosted_rounds() == HP["num_round"] + 2
     assert [m["round"] for m in more.trainingSummary["metrics_history"]] == [HP["num_round"], HP["num_round"] + 1]
+    assert worker_group.Shape.of(2) not in [g["shape"] for g in worker_group.groups()]  # workerIdleTimeout=0
 
 
-@pytest.mark.parametrize("engine", ["xgboost-ray", pytest.param("ray-train", marks=pytest.mark.slow)])
-def test_multiclass_digits(spark, ray_local, tmp_path, engine):
+def test_multiclass_digits(spark, ray_local, tmp_path):
     digits = load_digits()
     rows = [(Vectors.dense(x), float(y)) for x, y in zip(digits.data, digits.target, strict=True)]
     train, test = spark.createDataFrame(rows, ["features", "label"]).randomSplit([0.7, 0.3], seed=1)
-    est = XGBoostClassifier(objective="multi:softprob", num_round=15, max_depth=4, numWorkers=2, engine=engine,
+    est = XGBoostClassifier(objective="multi:softprob", num_round=15, max_depth=4, numWorkers=2,
                             stagingUri=str(tmp_path))
     model = est.fit(train)
     scored = model.transform(test)
@@ -175,13 +177,12 @@ def test_sparse_high_dimensional_input_stays_sparse(spark, ray_local, tmp_path):
     assert BinaryClassificationEvaluator().evaluate(model.transform(test)) > 0.9
 
 
-@pytest.mark.parametrize("engine", ["xgboost-ray", pytest.param("ray-train", marks=pytest.mark.slow)])
-def test_early_stopping_stops(cancer_vectors, ray_local, tmp_path, engine):
+def test_early_stopping_stops(cancer_vectors, ray_local, tmp_path):
     from pyspark.sql import functions as F
 
     df = cancer_vectors.withColumn("is_val", F.col("id") % 4 == 0)
     est = XGBoostClassifier(num_round=500, eta=0.5, max_depth=4, early_stopping_rounds=3, eval_metric="logloss",
-                            validationIndicatorCol="is_val", numWorkers=2, engine=engine, stagingUri=str(tmp_path))
+                            validationIndicatorCol="is_val", numWorkers=2, stagingUri=str(tmp_path))
     summary = est.fit(df).trainingSummary
     assert summary["boosted_rounds"] < 100, summary
     assert summary["kept_rounds"] == summary["best_iteration"] + 1 == summary["boosted_rounds"] - 3
@@ -220,8 +221,8 @@ def test_bad_input_fails_before_any_staging(spark, cancer_vectors, tmp_path):
     for est, df, message in cases:
         with pytest.raises(ValueError, match=message):
             est.setStagingUri(staging).fit(df)
-    with pytest.raises(ValueError, match="engine must be one of"):
-        XGBoostClassifier(engine="spark")
+    with pytest.raises(TypeError, match="no Param"):
+        XGBoostClassifier(engine="xgboost-ray")  # one job path: the engine Param is gone
     with pytest.raises(ValueError, match="max_depth must be in"):
         XGBoostClassifier().setMaxDepth(-2)
     import os

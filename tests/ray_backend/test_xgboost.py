@@ -1,6 +1,7 @@
-"""XGBoost jobs on the shared two-node Ray cluster, both engines: quality equal to single-process xgboost, sparse
-100,000-dim input, early stopping, weights, a real worker death mid-training (xgboost-ray completes, Ray Train
-resumes from its checkpoint), the artifact (model.json + model.ubj) and predictor loading without Ray."""
+"""XGBoost jobs on the warm worker groups of the shared two-node Ray cluster: quality equal to single-process
+xgboost, sparse 100,000-dim input, early stopping (also across a restart), weights, warm start, user callbacks and
+progress, a real worker death mid-training (the job resumes from its last checkpoint), the artifact (model.json +
+model.ubj) and predictor loading without Ray."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,10 +22,9 @@ from xgboost.callback import TrainingCallback
 from ray_backend import artifact
 from ray_backend.errors import ChannelError
 from ray_backend.predictor import load_predictor
-from ray_backend.xgboost import XGBoostJobSpec, prepare, resolve_engine, run_xgboost_job
+from ray_backend.xgboost import XGBoostJobSpec, prepare, run_xgboost_job
 from tests.ray_backend.helpers import split, write_channel
 
-ENGINES = ["xgboost-ray", "ray-train"]
 pytestmark = pytest.mark.ray
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,14 +50,13 @@ def _synthetic():
     return x.astype(np.float32), y.astype(np.float32)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dataset", [_cancer, pytest.param(_synthetic, marks=pytest.mark.slow)],
                          ids=["breast_cancer", "synthetic"])
-def test_quality_equals_single_process_xgboost(ray_cluster, tmp_path, engine, dataset):
+def test_quality_equals_single_process_xgboost(ray_cluster, tmp_path, dataset):
     (x, y), (xt, yt) = _holdout(*dataset())
     hp = {"num_round": 30, "max_depth": 4, "eta": 0.2, "objective": "binary:logistic", "tree_method": "hist"}
     res = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "out"), hyperparameters=hp, num_workers=2,
-                                         train=write_channel(tmp_path / "train", split(x, y, 3)), engine=engine))
+                                         train=write_channel(tmp_path / "train", split(x, y, 3))))
     ours = load_predictor(res.model_uri, cache=False).predict(xt)
     ref = _single_process(hp, x, y).predict(xgb.DMatrix(xt))
     assert abs(roc_auc_score(yt, ours["score"]) - roc_auc_score(yt, ref)) <= 0.002
@@ -67,8 +65,10 @@ def test_quality_equals_single_process_xgboost(ray_cluster, tmp_path, engine, da
     np.testing.assert_allclose(ours["probability"][:, 1], ours["score"], rtol=1e-6)
     np.testing.assert_array_equal(ours["predicted_label"], (ours["score"] > 0.5).astype(np.float32))
     loaded = artifact.load(res.model_uri)
-    assert set(loaded.meta["files"]) == {"model.ubj"} and loaded.meta["engine"] == engine
+    assert set(loaded.meta["files"]) == {"model.ubj"} and loaded.meta["backend"] == "xgboost"
+    assert "engine" not in loaded.meta and loaded.meta["attempts"] == 1 and loaded.meta["state"]["starts"] == [0]
     assert loaded.meta["workers"] == 2 and len(loaded.meta["metrics_history"]) == 30
+    assert not (tmp_path / "out" / res.job_name / "checkpoints").exists()  # removed once the artifact is written
     assert loaded.meta["metrics_history"][-1]["train-logloss"] < loaded.meta["metrics_history"][0]["train-logloss"]
 
 
@@ -118,18 +118,18 @@ def test_sparse_100k_dims_trains_and_predicts_from_csr(ray_cluster, tmp_path):
     assert abs(auc - ref_auc) <= 0.002 and auc > 0.9, (auc, ref_auc)
 
 
-@pytest.mark.parametrize("engine", ["xgboost-ray", pytest.param("ray-train", marks=pytest.mark.slow)])
-def test_early_stopping_stops_at_the_best_round(ray_cluster, tmp_path, engine):
+def test_early_stopping_stops_at_the_best_round(ray_cluster, tmp_path):
     (x, y), (xv, yv) = _holdout(*_synthetic())
     hp = {"num_round": 400, "max_depth": 6, "eta": 0.6, "objective": "binary:logistic", "eval_metric": "logloss",
           "early_stopping_rounds": 4}
     res = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "out"), hyperparameters=hp, num_workers=2,
-                                         engine=engine, train=write_channel(tmp_path / "t", split(x, y, 2)),
+                                         train=write_channel(tmp_path / "t", split(x, y, 2)),
                                          validation=write_channel(tmp_path / "v", split(xv, yv, 2), "validation")))
     state = res.meta["state"]
     assert state["stopped_early"] and state["boosted_rounds"] < 100
     assert state["kept_rounds"] == state["best_iteration"] + 1 == state["boosted_rounds"] - 4
     losses = [m["validation-logloss"] for m in res.metrics_history]
+    assert len(losses) == state["boosted_rounds"]  # the round that stopped it too
     assert int(np.argmin(losses)) == state["best_iteration"]
     booster = xgb.Booster()
     booster.load_model(bytearray(artifact.load(res.model_uri).tensors["model.ubj"].tobytes()))
@@ -149,19 +149,18 @@ def test_weights_in_last_feature_column(ray_cluster, tmp_path):
     np.testing.assert_allclose(ours, _single_process(hp, x, y, w).predict(xgb.DMatrix(xt)), atol=1e-5)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_warm_start_continues_from_the_model_channel_and_reports_progress(ray_cluster, tmp_path, engine):
+def test_warm_start_continues_from_the_model_channel_and_reports_progress(ray_cluster, tmp_path):
     (x, y), (xt, _) = _holdout(*_cancer())
     hp = {"num_round": 4, "max_depth": 3, "objective": "binary:logistic", "eval_metric": "logloss"}
     train = write_channel(tmp_path / "train", split(x, y, 2))
     first = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "a"), hyperparameters=hp, num_workers=2,
-                                           train=train, engine=engine))
+                                           train=train))
     with pytest.raises(ChannelError, match="objective"):
         prepare(XGBoostJobSpec(output_uri=str(tmp_path / "b"), train=train, model_uri=first.model_uri,
                                hyperparameters={"num_round": 3, "objective": "reg:squarederror"}))
     snaps: list[dict] = []
     more = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "b"), hyperparameters={**hp, "num_round": 3},
-                                          num_workers=2, train=train, engine=engine, model_uri=first.model_uri),
+                                          num_workers=2, train=train, model_uri=first.model_uri),
                            on_progress=snaps.append)
     assert more.meta["state"]["kept_rounds"] == 7 and more.meta["warm_start_from"] == first.model_uri
     assert [m["round"] for m in more.metrics_history] == [4.0, 5.0, 6.0]
@@ -190,8 +189,6 @@ def test_bad_specs_fail_before_ray(tmp_path):
         ({"hyperparameters": {"num_round": 5, "subsample": 0}}, r"subsample must be in \(0"),
         ({"hyperparameters": {"num_round": 5, "objective": "multi:softprob"}}, "needs num_class >= 2"),
         ({"hyperparameters": {"num_round": 5, "early_stopping_rounds": 3}}, "needs a validation channel"),
-        ({"hyperparameters": {"num_round": 5}, "engine": "spark"}, "engine must be one of"),
-        ({"hyperparameters": {"num_round": 5}, "elastic_training": True, "engine": "ray-train"}, "elastic_training"),
         ({"hyperparameters": {"num_round": 5}, "checkpoint_frequency": 0}, "checkpoint_frequency"),
         ({"hyperparameters": {"num_round": 5}, "train": {"uri": train}}, "train must be a ChannelSpec"),
         ({"hyperparameters": {"num_round": 5}, "callbacks": (("no.such:thing", {}),)}, "callback 'no.such:thing'"),
@@ -199,13 +196,12 @@ def test_bad_specs_fail_before_ray(tmp_path):
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):
             prepare(XGBoostJobSpec(**{**base, **extra}))
-    assert resolve_engine("auto") == "xgboost-ray"  # xgboost 2.0.3 with xgboost-ray installed
     assert not (tmp_path / "out").exists()
 
 
 def test_predictor_loads_without_ray(ray_cluster, tmp_path):
     (x, y), (xt, _) = _holdout(*_cancer())
-    res = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "out"), num_workers=1, engine="xgboost-ray",
+    res = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "out"), num_workers=1,
                                          hyperparameters={"num_round": 5, "objective": "binary:logistic"},
                                          train=write_channel(tmp_path / "train", split(x, y, 1))))
     np.save(tmp_path / "x.npy", xt)
@@ -220,12 +216,12 @@ def test_predictor_loads_without_ray(ray_cluster, tmp_path):
 
 
 class KillOnce(TrainingCallback):
-    """Fault injection: worker `rank` SIGKILLs itself once, `delay_s` after round `at_round` (a marker file makes
-    it once); every worker logs (rank, pid, rounds done) at each (re)start."""
+    """Fault injection: worker `rank` SIGKILLs itself once, after round `at_round` (a marker file makes it once); every
+    worker logs (rank, pid, rounds done) at each (re)start."""
 
-    def __init__(self, marker: str, log: str, rank: int = 1, at_round: int = 7, delay_s: float = 5.0):
+    def __init__(self, marker: str, log: str, rank: int = 1, at_round: int = 7):
         super().__init__()
-        self.marker, self.log, self.rank, self.at_round, self.delay_s = marker, log, rank, at_round, delay_s
+        self.marker, self.log, self.rank, self.at_round = marker, log, rank, at_round
 
     def before_training(self, model):
         with open(self.log, "a") as f:
@@ -236,7 +232,6 @@ class KillOnce(TrainingCallback):
         if (xgb.collective.get_rank() == self.rank and model.num_boosted_rounds() == self.at_round
                 and not os.path.exists(self.marker)):
             open(self.marker, "w").close()
-            time.sleep(self.delay_s)  # xgboost-ray's driver drains its checkpoint queue about once a second
             os.kill(os.getpid(), signal.SIGKILL)
         return False
 
@@ -246,26 +241,57 @@ def kill_once(**kwargs) -> KillOnce:
     return KillOnce(**kwargs)
 
 
+def _starts(log: str) -> list[list[int]]:
+    with open(log) as f:
+        return [json.loads(line) for line in f]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ENGINES)
-def test_worker_killed_mid_training_recovers(ray_cluster, tmp_path, engine):
+def test_worker_killed_mid_training_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
     (x, y), (xt, yt) = _holdout(*_synthetic())
     hp = {"num_round": 20, "max_depth": 4, "eta": 0.2, "objective": "binary:logistic"}
     marker, log = str(tmp_path / "killed"), str(tmp_path / "starts.log")
+    snaps: list[dict] = []
     res = run_xgboost_job(XGBoostJobSpec(
-        output_uri=str(tmp_path / "out"), hyperparameters=hp, num_workers=2, engine=engine, max_failures=1,
+        output_uri=str(tmp_path / "out"), hyperparameters=hp, num_workers=2, max_failures=1,
         checkpoint_frequency=5, train=write_channel(tmp_path / "train", split(x, y, 2)),
-        callbacks=(("tests.ray_backend.test_xgboost:kill_once", {"marker": marker, "log": log}),)))
+        callbacks=(("tests.ray_backend.test_xgboost:kill_once", {"marker": marker, "log": log}),)),
+        on_progress=snaps.append)
     assert os.path.exists(marker), "the fault was not injected"
-    starts = [json.loads(line) for line in open(log)]
-    rank1_pids = {pid for rank, pid, _ in starts if rank == 1}
-    assert len(rank1_pids) == 2, starts  # rank 1 died and a new process took its place
-    # resumed from the last checkpoint, not from scratch: xgboost-ray checkpoints after round indices 0, 5, ...
-    # (6 rounds done), our Ray Train callback every 5 rounds done
-    resume = {"xgboost-ray": 6, "ray-train": 5}[engine]
-    assert sorted({done for _, _, done in starts if done > 0}) == [resume], starts
-    assert res.meta["state"]["starts"] == [0, resume] and res.attempts == 2
+    starts = _starts(log)
+    assert len({pid for rank, pid, _ in starts if rank == 1}) == 2, starts  # a new process took rank 1's place
+    # killed after 7 rounds: resumed from the checkpoint after 5 (every 5 rounds), not from scratch
+    assert sorted({done for _, _, done in starts if done > 0}) == [5], starts
+    assert res.attempts == 2 and res.meta["attempts"] == 2 and res.meta["state"]["starts"] == [0, 5]
+    assert snaps[-1]["starts"] == [0, 5] and snaps[-1]["attempts"] == 2
     assert res.meta["state"]["kept_rounds"] == 20
+    assert [m["round"] for m in res.metrics_history] == [float(r) for r in range(20)]
     ours = load_predictor(res.model_uri, cache=False).predict(xt)["score"]
     ref = _single_process(hp, x, y).predict(xgb.DMatrix(xt))
-    assert abs(roc_auc_score(yt, ours) - roc_auc_score(yt, ref)) <= 0.01
+    assert abs(roc_auc_score(yt, ours) - roc_auc_score(yt, ref)) <= 0.002
+    assert not (tmp_path / "out" / res.job_name / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_early_stopping_resumed_stops_where_an_uninterrupted_job_stops(ray_cluster, tmp_path):
+    """A restart between the best round and the stop keeps early stopping's patience (not a fresh count)."""
+    (x, y), (xv, yv) = _holdout(*_synthetic())
+    hp = {"num_round": 400, "max_depth": 6, "eta": 0.6, "objective": "binary:logistic", "eval_metric": "logloss",
+          "early_stopping_rounds": 4}
+    channels = {"train": write_channel(tmp_path / "t", split(x, y, 2)),
+                "validation": write_channel(tmp_path / "v", split(xv, yv, 2), "validation")}
+    whole = run_xgboost_job(XGBoostJobSpec(output_uri=str(tmp_path / "a"), hyperparameters=hp, num_workers=2,
+                                           **channels))
+    best = whole.meta["state"]["best_iteration"]
+    marker, log = str(tmp_path / "killed"), str(tmp_path / "starts.log")
+    kill = {"marker": marker, "log": log, "at_round": best + 3}  # one round after the checkpoint below
+    resumed = run_xgboost_job(XGBoostJobSpec(
+        output_uri=str(tmp_path / "b"), hyperparameters=hp, num_workers=2, max_failures=1,
+        checkpoint_frequency=best + 2, callbacks=(("tests.ray_backend.test_xgboost:kill_once", kill),), **channels))
+    assert os.path.exists(marker) and resumed.attempts == 2 and resumed.meta["state"]["starts"] == [0, best + 2]
+    assert resumed.meta["state"] == {**whole.meta["state"], "starts": [0, best + 2]}
+    assert len(resumed.metrics_history) == len(whole.metrics_history)
+    assert all(r == pytest.approx(w) for r, w in zip(resumed.metrics_history, whole.metrics_history, strict=True))
+    xt = xv[:200]
+    np.testing.assert_allclose(load_predictor(resumed.model_uri, cache=False).predict(xt)["score"],
+                               load_predictor(whole.model_uri, cache=False).predict(xt)["score"], rtol=1e-6)
