@@ -91,7 +91,7 @@ class ProgressBoard:
 
 _BOARD_NAME = "sparkml-ext-progress"
 _BOARD_LOCK = threading.Lock()
-_BOARDS: dict[str, Any] = {}  # Ray job id -> the handle; held so that Ray does not collect the actor between jobs
+_BOARDS: dict[str, Any] = {}  # Ray connection -> the handle; held so that Ray does not collect the actor between jobs
 
 
 def board() -> tuple[Any, list[str]]:
@@ -99,15 +99,17 @@ def board() -> tuple[Any, list[str]]:
     workers find it."""
     import ray
 
-    context = ray.get_runtime_context()
+    from ray_backend.worker_group import connection_id
+
+    namespace, connection = ray.get_runtime_context().namespace, connection_id()
     with _BOARD_LOCK:
-        actor = _BOARDS.get(context.get_job_id())
+        actor = _BOARDS.get(connection)
         if actor is None:
             actor = ray.remote(num_cpus=0, max_restarts=0)(ProgressBoard).options(
-                name=_BOARD_NAME, namespace=context.namespace, get_if_exists=True, lifetime=None).remote()
+                name=_BOARD_NAME, namespace=namespace, get_if_exists=True, lifetime=None).remote()
             _BOARDS.clear()  # handles of earlier connections are dead
-            _BOARDS[context.get_job_id()] = actor
-    return actor, [_BOARD_NAME, context.namespace]
+            _BOARDS[connection] = actor
+    return actor, [_BOARD_NAME, namespace]
 
 
 class Reporter:

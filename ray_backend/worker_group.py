@@ -186,10 +186,12 @@ _GROUPS: list[WorkerGroup] = []
 _EXIT_HOOK: list[bool] = []
 
 
-def _cluster_id() -> str:
+def connection_id() -> str:
+    """This driver's Ray connection: the cluster's GCS address and the job id (a restarted cluster reuses ids)."""
     import ray
 
-    return ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    return f"{context.gcs_address}/{context.get_job_id()}"
 
 
 def acquire(shape: Shape, start_timeout_s: float = 300.0) -> WorkerGroup:
@@ -198,7 +200,7 @@ def acquire(shape: Shape, start_timeout_s: float = 300.0) -> WorkerGroup:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    cluster = _cluster_id()
+    cluster = connection_id()
     pg = None
     deadline = time.monotonic() + start_timeout_s
     try:
