@@ -60,10 +60,15 @@ class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
                           "artifact's weights instead of a Python predictor (same outputs, no Python worker); where "
                           "that is impossible (Spark Connect, array features) the Python predictor scores",
                           typeConverter=TypeConverters.toBoolean)
+    trustedModules = Param(Params._dummy(), "trustedModules",
+                           "module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may "
+                           "name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm "
+                           "(built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with "
+                           "the model", typeConverter=TypeConverters.toListString)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setDefault(nativeScoring=True)
+        self._setDefault(nativeScoring=True, trustedModules=[])
 
 
 @accessors
@@ -154,12 +159,14 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         train_df, val_df = self._split(dataset)
         loader = _import_in_background(self._driver_modules())
         try:
+            checks = {"invalid": "skip" if self.getHandleInvalid() == "skip" else "error",
+                      "label_values": _label_values(hyperparameters) if label else None}
             train = write_channel(train_df, channel_uri(staging, job, "train"), self.getFeaturesCol(), label,
-                                  channel="train", s3=s3)
+                                  channel="train", s3=s3, **checks)
             validation = None
             if val_df is not None:
                 validation = write_channel(val_df, channel_uri(staging, job, "validation"), self.getFeaturesCol(),
-                                           label, channel="validation", s3=s3)
+                                           label, channel="validation", s3=s3, **checks)
             loader.join()  # no Ray work on this thread while that one may still be importing Ray's modules
             with _ray_address(self.getRayAddress(), dataset.sparkSession, self.getNumWorkers()) as address:
                 def channel(ch):
@@ -218,6 +225,17 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
     @classmethod
     def read(cls) -> persistence.ParamsReader:
         return persistence.ParamsReader(cls)
+
+
+def _label_values(hyperparameters: dict) -> tuple[float, ...] | None:
+    """The labels a classifier trains on, checked while staging: 0 and 1 (binary), 0..num_classes-1 (multiclass)."""
+    kind = hyperparameters.get("predictor_type")
+    if kind == "binary_classifier":
+        return (0.0, 1.0)
+    classes = hyperparameters.get("num_classes")
+    if kind == "multiclass_classifier" and isinstance(classes, int) and not isinstance(classes, bool):
+        return tuple(float(c) for c in range(classes))
+    return None
 
 
 def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
@@ -340,7 +358,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             raise TypeError(f"featuresCol {feat!r} must be a Vector or an array of float/double; got {ftype}")
         s3 = self._s3()
         config = {"artifact_uri": self.artifactUri, "s3": s3 and dataclasses.asdict(s3), "features_col": feat,
-                  "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns]}
+                  "handle_invalid": self.getHandleInvalid(), "columns": [(n, src) for n, src, _ in columns],
+                  "trusted_modules": self.getTrustedModules()}
         scorers = scoring
         if self.usesEndpoint():
             config, scorers = endpoint.resolve(self, config, columns), endpoint

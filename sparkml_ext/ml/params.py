@@ -134,8 +134,10 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                             "seconds a training job may run before it is stopped and fit() fails (0 = no limit)",
                             typeConverter=_seconds("trainingTimeout"))
     handleInvalid = Param(Params._dummy(), "handleInvalid",
-                          "rows with null or wrong-sized features at transform: error (default), skip (drop them) "
-                          "or keep (null outputs)", typeConverter=_one_of("handleInvalid", HANDLE_INVALID))
+                          "rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN "
+                          "labels): error (default: fit names the column and how many rows, before staging), skip "
+                          "(drop them) or keep (transform only: null outputs)",
+                          typeConverter=_one_of("handleInvalid", HANDLE_INVALID))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -25,8 +25,10 @@ from sparkml_ext.staging.validate import (
     STATS_SCHEMA,
     ChannelValidationError,
     check_stats,
+    drop_invalid,
     inspect_schema,
     native_stats,
+    nonfinite_problem,
     partition_stats,
     select_columns,
     size_problem,
@@ -144,7 +146,8 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
                   labelCol: str | None = "label", uidCol: str | None = None, *,  # noqa: N803
                   channel: str | None = None, training: bool = True, dtype: str = "float32",
                   num_shards: int | None = None, target_shard_bytes: int = 64 << 20, mode: str = "error",
-                  s3: S3Options | None = None, validation: str = "fast", _fault: dict | None = None) -> Channel:
+                  s3: S3Options | None = None, validation: str = "fast", invalid: str = "error",
+                  label_values: Sequence[float] | None = None, _fault: dict | None = None) -> Channel:
     """Stage a DataFrame as RecordIO-protobuf shards plus manifest.json at `uri` (the channel directory).
 
     validation="fast" (default): one JVM-native aggregation checks columns, nulls, labels, array and Vector sizes
@@ -152,6 +155,10 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     dense; otherwise the writing tasks count them and a mismatch rolls the write back (shards deleted, no
     manifest). validation="full": one Arrow pass checks everything before anything is written (costs a second
     transfer of the vectors to Python).
+
+    Training data (`training=True`) must have finite features and labels: invalid="error" (default) names the
+    columns and counts the bad rows, invalid="skip" drops those rows first. `label_values`, when given, are the only
+    labels allowed (a binary classifier's 0 and 1).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -159,9 +166,13 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
         raise ValueError(f"mode must be 'error' or 'overwrite', got {mode!r}")
     if validation not in ("fast", "full"):
         raise ValueError(f"validation must be 'fast' or 'full', got {validation!r}")
+    if invalid not in ("error", "skip"):
+        raise ValueError(f"invalid must be 'error' or 'skip', got {invalid!r}")
     t0 = time.perf_counter()
-    spec = inspect_schema(df.schema, featuresCol, labelCol, uidCol, training)
+    spec = inspect_schema(df.schema, featuresCol, labelCol, uidCol, training, label_values)
     data = select_columns(df, spec)
+    if invalid == "skip":
+        data = drop_invalid(data, spec)
     small = None if _fault else _collect_small(data)
     if small is not None:  # checked and written here, from one collect: no Python workers, no second job
         per_partition = {p: partition_stats(iter(b), spec, _DTYPES[dtype]) for p, b in small.items()}
@@ -186,7 +197,7 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
     fs, base = resolve(uri, S3Options(**s3d))
     _prepare_dir(fs, base, mode)
     cfg = {"uri": uri, "s3": s3d, "features": spec.encode_features, "label": spec.label, "uid": spec.uid,
-           "dtype": dtype, "plan": splits, "fault": _fault, "observe_vectors": observe}
+           "dtype": dtype, "plan": splits, "fault": _fault, "observe_vectors": observe, "training": spec.training}
     if small is not None and plan.repartition is None:
         results = [SimpleNamespace(**r) for p, b in sorted(small.items()) for r in write_partition(iter(b), cfg, p, 0)]
     else:
@@ -218,21 +229,26 @@ def _dense_as_arrays(data, column: str, dtype: str):
 
 
 def _check_observed(stat_rows, spec, fs: pafs.FileSystem, base: str) -> tuple[int, int]:
-    """Merge the writers' Vector stats; on differing sizes delete what was written and raise."""
+    """Merge the writers' Vector stats; on differing sizes or NaN/infinite training values delete what was written
+    and raise."""
     from collections import Counter
 
     sizes: Counter = Counter()
-    sparse_rows = 0
+    sparse_rows = rows = nonfinite = 0
     for r in stat_rows:
         seen = json.loads(r.stats)
         sparse_rows += seen["sparse_rows"]
+        rows += seen["rows"]
+        nonfinite += seen["nonfinite"]
         for d, c in seen["sizes"].items():
             sizes[int(d)] += c
-    if len(sizes) > 1:
+    problems = ([size_problem(sizes, spec.features[0])] if len(sizes) > 1 else []) + \
+        ([nonfinite_problem(spec.features, nonfinite, rows)] if nonfinite else [])
+    if problems:
         _cleanup_strays(fs, base, set())
         if not fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
             fs.delete_dir(base)
-        raise ChannelValidationError([size_problem(sizes, spec.features[0])])
+        raise ChannelValidationError(problems)
     return (next(iter(sizes)) if sizes else 0), sparse_rows
 
 

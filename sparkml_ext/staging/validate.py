@@ -35,6 +35,7 @@ class FeatureSpec:
     uid: str | None = None
     training: bool = True
     casts: dict = field(default_factory=dict)
+    label_values: tuple[float, ...] | None = None  # the only label values allowed (a classifier's classes)
 
     @property
     def encode_features(self) -> str | list[str]:
@@ -48,7 +49,7 @@ def _is_numeric(dt) -> bool:
 
 
 def inspect_schema(schema, features: str | Sequence[str], label: str | None, uid: str | None,
-                   training: bool = True) -> FeatureSpec:
+                   training: bool = True, label_values: Sequence[float] | None = None) -> FeatureSpec:
     """Check column presence and types on the driver; raise ChannelValidationError naming every bad column."""
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import types as T
@@ -99,7 +100,8 @@ def inspect_schema(schema, features: str | Sequence[str], label: str | None, uid
         problems.append("features, label and uid must be distinct columns")
     if problems:
         raise ChannelValidationError(problems)
-    return FeatureSpec(kind, tuple(names), label, uid, training, casts)
+    values = tuple(float(v) for v in label_values) if label_values is not None and label else None
+    return FeatureSpec(kind, tuple(names), label, uid, training, casts, values)
 
 
 def select_columns(df, spec: FeatureSpec):
@@ -116,10 +118,23 @@ def _vector_dims(vectors: pa.StructArray) -> tuple[pa.Array, pa.Array, pa.Array]
     return dims, nvals, sparse
 
 
+def rows_with_nonfinite(lists: pa.Array) -> int:
+    """How many rows of a list column hold a NaN or an infinity."""
+    flat = pc.list_flatten(lists)
+    if len(flat) == 0:
+        return 0
+    finite = pc.is_finite(flat.cast(pa.float64()))
+    bad = pc.and_(pc.is_valid(finite), pc.invert(finite))
+    if not pc.any(bad).as_py():
+        return 0
+    return len(pc.unique(pc.filter(pc.list_parent_indices(lists), bad)))
+
+
 def partition_stats(batches: Iterator[pa.RecordBatch], spec: FeatureSpec, itemsize: int) -> dict:
     """Count rows, nulls, bad labels, vector sizes and estimated encoded bytes of one partition's batches."""
     st = {"rows": 0, "bytes": 0, "sparse_rows": 0, "null_features": [0] * len(spec.features),
-          "null_elements": 0, "null_label": 0, "nonfinite_label": 0, "null_uid": 0, "sizes": Counter()}
+          "null_elements": 0, "null_label": 0, "nonfinite_label": 0, "null_uid": 0, "sizes": Counter(),
+          "nonfinite_features": 0, "other_labels": 0}
     for b in batches:
         n = b.num_rows
         st["rows"] += n
@@ -129,6 +144,13 @@ def partition_stats(batches: Iterator[pa.RecordBatch], spec: FeatureSpec, itemsi
                 st["null_features"][i] += b.column(name).null_count
             st["sizes"][len(spec.features)] += n
             est += n * len(spec.features) * itemsize
+            if spec.training:
+                bad = None
+                for name in spec.features:
+                    finite = pc.is_finite(b.column(name).cast(pa.float64()))
+                    nonfinite = pc.and_(pc.is_valid(finite), pc.invert(finite))
+                    bad = nonfinite if bad is None else pc.or_(bad, nonfinite)
+                st["nonfinite_features"] += int(pc.sum(bad).as_py() or 0)
         else:
             features = b.column(spec.features[0])
             st["null_features"][0] += features.null_count
@@ -148,6 +170,9 @@ def partition_stats(batches: Iterator[pa.RecordBatch], spec: FeatureSpec, itemsi
                         parents = pc.list_parent_indices(features)
                         st["null_elements"] += len(pc.unique(pc.filter(parents, pc.is_null(flat))))
             est += itemsize * int(pc.sum(pc.filter(nvals, valid)).as_py() or 0)
+            if spec.training:
+                st["nonfinite_features"] += rows_with_nonfinite(
+                    features.field("values") if spec.kind == KIND_VECTOR else features)
             vc = pc.value_counts(pc.filter(dims, valid))
             for item in vc.to_pylist():
                 st["sizes"][item["values"]] += item["counts"]
@@ -156,6 +181,10 @@ def partition_stats(batches: Iterator[pa.RecordBatch], spec: FeatureSpec, itemsi
             st["null_label"] += lab.null_count
             if spec.training and lab.null_count < n:
                 st["nonfinite_label"] += int(pc.sum(pc.invert(pc.is_finite(lab.cast(pa.float64())))).as_py() or 0)
+                if spec.label_values is not None:
+                    known = pc.is_in(lab.cast(pa.float64()), value_set=pa.array(spec.label_values, pa.float64()))
+                    finite = pc.is_finite(lab.cast(pa.float64()))
+                    st["other_labels"] += int(pc.sum(pc.and_(finite, pc.invert(known))).as_py() or 0)
         if spec.uid:
             st["null_uid"] += b.column(spec.uid).null_count
         st["bytes"] += est
@@ -180,13 +209,15 @@ def stats_task(spec_json: str, itemsize: int):
 def spec_to_json(spec: FeatureSpec) -> str:
     """Plain-data form of a FeatureSpec for the executors."""
     return json.dumps({"kind": spec.kind, "features": list(spec.features), "label": spec.label, "uid": spec.uid,
-                       "training": spec.training})
+                       "training": spec.training, "label_values": spec.label_values})
 
 
 def spec_from_json(text: str) -> FeatureSpec:
     """Inverse of spec_to_json."""
     d = json.loads(text)
-    return FeatureSpec(d["kind"], tuple(d["features"]), d["label"], d["uid"], d["training"])
+    values = d.get("label_values")
+    return FeatureSpec(d["kind"], tuple(d["features"]), d["label"], d["uid"], d["training"],
+                       label_values=None if values is None else tuple(values))
 
 
 @dataclass(frozen=True)
@@ -257,7 +288,25 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
             sparse_agg = F.sum(F.when(feat.isNull(), 0).when(is_sparse_vector(feat), 1).otherwise(0))
         else:
             dim = F.lit(None).cast("int")
+    if spec.kind == KIND_ARRAY:
+        values = feat
+    elif spec.kind == KIND_VECTOR and view is not None:
+        values = feat["values"]
+    elif spec.kind == KIND_VECTOR and checked:  # Spark Connect, all-dense sample
+        values = vector_to_array(feat)
+    else:  # numeric columns (below), or wide sparse vectors under Spark Connect: left to the training job
+        values = None
     aggs = [F.count(F.lit(1)).alias("rows")]
+    if spec.training and spec.kind == KIND_COLUMNS:
+        bad_row = F.lit(False)
+        for n in spec.features:
+            bad_row = bad_row | _nonfinite(col(n))
+        aggs.append(F.sum(F.when(bad_row, 1).otherwise(0)).alias("nonfinite_features"))
+    elif spec.training and values is not None:
+        aggs.append(F.sum(F.when(feat.isNull(), 0).when(F.exists(values, _nonfinite), 1).otherwise(0))
+                    .alias("nonfinite_features"))
+    else:
+        aggs.append(zero.alias("nonfinite_features"))
     aggs += [F.sum(col(n).isNull().cast("long")).alias(f"null_{i}") for i, n in enumerate(spec.features)]
     if spec.kind == KIND_ARRAY:
         aggs.append(F.sum(F.when(F.exists(feat, lambda x: x.isNull()), 1).otherwise(0)).alias("null_elements"))
@@ -269,10 +318,13 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     if spec.label:
         lab = col(spec.label)
         aggs.append(F.sum(lab.isNull().cast("long")).alias("null_label"))
-        bad = (F.isnan(lab) | (F.abs(lab) == F.lit(float("inf")))) if spec.training else F.lit(False)
+        bad = _nonfinite(lab) if spec.training else F.lit(False)
         aggs.append(F.sum(F.when(bad, 1).otherwise(0)).alias("nonfinite_label"))
+        other = (~lab.isin(*spec.label_values) & ~bad) if spec.training and spec.label_values is not None \
+            else F.lit(False)
+        aggs.append(F.sum(F.when(other, 1).otherwise(0)).alias("other_labels"))
     else:
-        aggs += [zero.alias("null_label"), zero.alias("nonfinite_label")]
+        aggs += [zero.alias("null_label"), zero.alias("nonfinite_label"), zero.alias("other_labels")]
     aggs.append(F.sum(col(spec.uid).isNull().cast("long")).alias("null_uid") if spec.uid else zero.alias("null_uid"))
     aggs += [sparse_agg.alias("sparse_rows"), sparse_values.alias("sparse_values")]
     rows = data.groupBy(F.spark_partition_id().alias("pid"), dim.alias("dim")).agg(*aggs).collect()
@@ -280,18 +332,50 @@ def native_stats(data, spec: FeatureSpec, itemsize: int) -> tuple[dict[int, dict
     for r in rows:
         st = out.setdefault(r.pid, {"rows": 0, "bytes": 0, "sparse_rows": 0, "null_features": [0] * len(spec.features),
                                     "null_elements": 0, "null_label": 0, "nonfinite_label": 0, "null_uid": 0,
-                                    "sizes": []})
+                                    "sizes": [], "nonfinite_features": 0, "other_labels": 0})
         st["rows"] += r.rows
         st["bytes"] += r.rows * row_bytes + (r.nvals or 0) * itemsize + (r.sparse_values or 0) * 4
         for i in range(len(spec.features)):
             st["null_features"][i] += r[f"null_{i}"] or 0
-        for key in ("null_elements", "null_label", "nonfinite_label", "null_uid", "sparse_rows"):
+        for key in ("null_elements", "null_label", "nonfinite_label", "null_uid", "sparse_rows", "nonfinite_features",
+                    "other_labels"):
             st[key] += r[key] or 0
         if r.dim is not None:
             st["sizes"].append((r.dim, r.rows - (r.null_0 or 0)))
         if spec.kind == KIND_COLUMNS:
             st["bytes"] += r.rows * len(spec.features) * itemsize
     return out, checked
+
+
+def drop_invalid(data, spec: FeatureSpec):
+    """`data` without the rows a training job cannot use: null features or elements, NaN or infinite feature values,
+    null or NaN/infinite labels (handleInvalid='skip'); one native filter."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    from sparkml_ext.struct_view import vector_struct
+
+    if spec.kind == KIND_COLUMNS:
+        ok = F.lit(True)
+        for n in spec.features:
+            ok = ok & col(n).isNotNull() & ~_nonfinite(col(n))
+    else:
+        feat = col(spec.features[0])
+        values = feat
+        if spec.kind == KIND_VECTOR:
+            struct = vector_struct(data.sparkSession, feat)
+            values = struct["values"] if struct is not None else vector_to_array(feat)
+        ok = F.when(feat.isNull(), False).otherwise(~F.exists(values, lambda x: x.isNull() | _nonfinite(x)))
+    if spec.label:
+        ok = ok & col(spec.label).isNotNull() & ~_nonfinite(col(spec.label))
+    return data.filter(ok)
+
+
+def _nonfinite(x):
+    """A Spark Column expression: x is NaN or infinite."""
+    from pyspark.sql import functions as F
+
+    return F.isnan(x) | (F.abs(x) == F.lit(float("inf")))
 
 
 def _sample_vectors(data, spec: FeatureSpec, itemsize: int, sample: int = 256) -> tuple[int, int]:
@@ -332,6 +416,13 @@ def _sample_counts(batches: Iterable[pa.RecordBatch], column: str) -> dict[str, 
     return {"rows": rows, "values": values, "sparse": sparse_values, "sparse_rows": sparse_rows}
 
 
+def nonfinite_problem(names: Sequence[str], count: int, rows: int) -> str:
+    """The message for training features with NaN or infinite values."""
+    which = f"column {names[0]!r}" if len(names) == 1 else f"columns {list(names)!r}"
+    return f"features {which} have NaN or infinite values in {count} row(s) of {rows} (handleInvalid='skip' drops " \
+           "such rows)"
+
+
 def check_stats(per_partition: dict[int, dict], spec: FeatureSpec) -> DataStats:
     """Merge per-partition stats and raise ChannelValidationError listing every problem found."""
     problems: list[str] = []
@@ -345,6 +436,9 @@ def check_stats(per_partition: dict[int, dict], spec: FeatureSpec) -> DataStats:
     null_elements = sum(s["null_elements"] for s in per_partition.values())
     if null_elements:
         problems.append(f"features column {spec.features[0]!r} has {null_elements} row(s) with null elements")
+    nonfinite_features = sum(s.get("nonfinite_features", 0) for s in per_partition.values())
+    if nonfinite_features:
+        problems.append(nonfinite_problem(spec.features, nonfinite_features, rows))
     sizes: Counter = Counter()
     for s in per_partition.values():
         for size, cnt in s["sizes"]:
@@ -359,6 +453,11 @@ def check_stats(per_partition: dict[int, dict], spec: FeatureSpec) -> DataStats:
             problems.append(f"label column {spec.label!r} has {null_label} null row(s) of {rows}")
         if nonfinite:
             problems.append(f"label column {spec.label!r} has {nonfinite} NaN/infinite row(s) of {rows}")
+        other = sum(s.get("other_labels", 0) for s in per_partition.values())
+        if other:
+            allowed = ", ".join(f"{v:g}" for v in spec.label_values)
+            problems.append(f"label column {spec.label!r} has {other} row(s) of {rows} with values other than "
+                            f"{allowed} (the labels this estimator trains on)")
     if spec.uid:
         null_uid = sum(s["null_uid"] for s in per_partition.values())
         if null_uid:

@@ -87,17 +87,22 @@ def _split_rows(cfg: dict, partition: int) -> list[int] | None:
     return [base + (1 if i < extra else 0) for i in range(splits)]
 
 
-def _observe_vectors(batches: Iterator[pa.RecordBatch], column: str, seen: dict) -> Iterator[pa.RecordBatch]:
-    """Pass batches through while counting vector sizes and sparse rows (checked by the driver after the write)."""
+def _observe_vectors(batches: Iterator[pa.RecordBatch], column: str, seen: dict,
+                     training: bool) -> Iterator[pa.RecordBatch]:
+    """Pass batches through while counting vector sizes, sparse rows and (training) rows with NaN or infinite values
+    (checked by the driver after the write)."""
     import pyarrow.compute as pc
 
-    from sparkml_ext.staging.validate import _vector_dims
+    from sparkml_ext.staging.validate import _vector_dims, rows_with_nonfinite
 
     for b in batches:
         col = b.column(column)
         dims, _, sparse = _vector_dims(col)
         valid = pc.is_valid(col)
         seen["sparse_rows"] += int(pc.sum(pc.and_(sparse, valid)).as_py() or 0)
+        seen["rows"] += b.num_rows
+        if training:
+            seen["nonfinite"] += rows_with_nonfinite(col.field("values"))
         for item in pc.value_counts(pc.filter(dims, valid)).to_pylist():
             seen["sizes"][str(item["values"])] = seen["sizes"].get(str(item["values"]), 0) + item["counts"]
         yield b
@@ -116,7 +121,7 @@ def write_partition(batches: Iterator[pa.RecordBatch], cfg: dict, partition: int
     out: ShardOutput | None = None
     written = 0
     if seen is not None:
-        batches = _observe_vectors(batches, cfg["features"], seen)
+        batches = _observe_vectors(batches, cfg["features"], seen, cfg.get("training", True))
     try:
         for batch in batches:
             offset = 0
@@ -155,7 +160,7 @@ def write_task(cfg_json: str):
 
         ctx = TaskContext.get()
         cfg = json.loads(cfg_json)
-        seen = {"sizes": {}, "sparse_rows": 0} if cfg.get("observe_vectors") else None
+        seen = {"sizes": {}, "sparse_rows": 0, "rows": 0, "nonfinite": 0} if cfg.get("observe_vectors") else None
         rows = write_partition(batches, cfg, ctx.partitionId(), ctx.attemptNumber(), seen)
         if seen is not None:  # one extra row (split -1) carries the partition's vector stats
             rows.append({"partition": ctx.partitionId(), "split": -1, "path": "", "records": 0, "bytes": 0,

@@ -275,8 +275,8 @@ def test_model_and_estimator_save_to_and_load_from_s3(fitted, cancer, s3_server,
     opts, bucket = s3_server
     for key, value in {"SPARKML_EXT_S3_ENDPOINT": opts.endpoint_override, "SPARKML_EXT_S3_REGION": opts.region,
                        "SPARKML_EXT_S3_SCHEME": opts.scheme, "AWS_ACCESS_KEY_ID": opts.access_key,
-                       "AWS_SECRET_ACCESS_KEY": opts.secret_key}.items():
-        monkeypatch.setenv(key, value)
+                       "AWS_SECRET_ACCESS_KEY": opts.secret_key, "SPARKML_EXT_FORWARD_AWS_CREDENTIALS": "1"}.items():
+        monkeypatch.setenv(key, value)  # the executors' Python workers started before this: forward the keys
     df, _ = cancer
     features = fitted.stages[1].transform(fitted.stages[0].transform(df))
     model = fitted.stages[-1]

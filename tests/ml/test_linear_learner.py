@@ -125,3 +125,25 @@ def test_bad_combinations_fail_before_staging(cancer, tmp_path):
     with pytest.raises(ValueError, match="labelCol 'label' must hold class indices"):
         LinearLearnerMultiClassClassifier(stagingUri=str(tmp_path / "never")).fit(bad)
     assert not (tmp_path / "never").exists()
+
+
+def test_binary_labels_and_finite_features_are_checked_before_staging(cancer, tmp_path, ray_local):
+    """A binary classifier's labels other than 0/1 fail while staging is validated (nothing written, no job);
+    NaN features fail the same way, or are dropped with handleInvalid='skip'."""
+    from sparkml_ext import ChannelValidationError
+
+    df, names = cancer
+    data = VectorAssembler(inputCols=names, outputCol="features").transform(df)
+    three = data.withColumn("label", F.when(F.col("id") % 50 == 0, 2.0).otherwise(F.col("label")))
+    with pytest.raises(ChannelValidationError, match=r"label column 'label' has 12 row\(s\) of 569 with values other "
+                                                     r"than 0, 1"):
+        LinearLearnerBinaryClassifier(stagingUri=str(tmp_path / "never"), epochs=1).fit(three)
+    nan = F.lit(float("nan"))
+    holes = VectorAssembler(inputCols=names, outputCol="features", handleInvalid="keep").transform(
+        df.withColumn("f0", F.when(F.col("id") % 100 == 0, nan).otherwise(F.col("f0"))))
+    with pytest.raises(ChannelValidationError, match=r"NaN or infinite values in 6 row\(s\) of 569"):
+        LinearLearnerBinaryClassifier(stagingUri=str(tmp_path / "never"), epochs=1).fit(holes)
+    assert not (tmp_path / "never").exists()
+    model = LinearLearnerBinaryClassifier(stagingUri=str(tmp_path / "s"), epochs=1, handleInvalid="skip",
+                                          keepStagingData=True).fit(holes)
+    assert model._meta()["metrics_history"][-1]["records"] == 563

@@ -164,3 +164,43 @@ def test_names_with_dots_are_checked_and_named_as_given(spark, tmp_path, validat
                                   "label column 'the.label' has 1 NaN/infinite row(s) of 20"]
     good = df.where("`my.features` is not null and not isnan(`the.label`)")
     assert write_channel(good, str(tmp_path / "ok"), "my.features", "the.label", validation=validation).records == 14
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse", "array", "columns"])
+def test_nan_and_infinite_features_are_counted_or_skipped(spark, tmp_path, validation, layout):
+    """Training features must be finite: the error names the column and counts the rows before anything is written;
+    invalid="skip" drops exactly those rows (and rows with null features or labels)."""
+    from pyspark.sql import functions as F
+
+    inf, nan = float("inf"), float("nan")
+    values = [[1.0, 2.0], [nan, 1.0], [0.0, -inf], [3.0, 4.0], [inf, nan], [5.0, 6.0]]
+    if layout == "dense":
+        df = spark.createDataFrame([(Vectors.dense(v), 1.0) for v in values], ["features", "label"])
+    elif layout == "sparse":
+        df = spark.createDataFrame([(Vectors.sparse(5, [1, 3], v), 0.0) for v in values], ["features", "label"])
+    elif layout == "array":
+        df = spark.createDataFrame([(v, 1.0) for v in values], "features array<double>, label double")
+    else:
+        df = spark.createDataFrame([(a, b, 1.0) for a, b in values], ["x", "y", "label"])
+    features = ["x", "y"] if layout == "columns" else "features"
+    name = "columns ['x', 'y']" if layout == "columns" else "column 'features'"
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), features, validation=validation)
+    assert err.value.problems == [f"features {name} have NaN or infinite values in 3 row(s) of 6 "
+                                  "(handleInvalid='skip' drops such rows)"]
+    assert not (tmp_path / "c").exists()
+    with_null = df.union(df.limit(1).withColumn("label", F.lit(None).cast("double")))
+    kept = write_channel(with_null, str(tmp_path / "k"), features, validation=validation, invalid="skip")
+    assert kept.records == 3
+    scoring = write_channel(df, str(tmp_path / "s"), features, None, training=False, validation=validation)
+    assert scoring.records == 6  # data to score is not training data: transform's handleInvalid decides
+
+
+def test_labels_outside_the_classes_are_counted_before_staging(spark, tmp_path, validation):
+    df = spark.createDataFrame([(Vectors.dense([float(i)]), y) for i, y in enumerate([0.0, 1.0, 2.0, 1.0, -1.0])],
+                               ["features", "label"])
+    with pytest.raises(ChannelValidationError) as err:
+        write_channel(df, str(tmp_path / "c"), validation=validation, label_values=(0, 1))
+    assert err.value.problems == ["label column 'label' has 2 row(s) of 5 with values other than 0, 1 "
+                                  "(the labels this estimator trains on)"]
+    assert write_channel(df, str(tmp_path / "ok"), validation=validation, label_values=(-1, 0, 1, 2)).records == 5
