@@ -4,6 +4,7 @@ tens of microseconds. Workers on several nodes keep gloo (the job decides, see `
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from ray_backend.collective import Collective, _check_op
+
+_PREFIX = "ray-backend-collective-"  # then the creating pid: a segment whose creator is gone is an orphan
 
 _LINE = 64  # one cache line per worker's arrival counter, so workers never write the same line
 _BUDGET = 32 << 20  # the whole segment; Docker's default /dev/shm is 64 MiB
@@ -211,27 +214,43 @@ def attach(bootstrap: Collective, node_id: str, *, directory: str = "/dev/shm",
         return None
     slot = _slot_bytes(world)
     name = np.zeros(256, dtype=np.uint8)
+    path: str | None = None
     if bootstrap.rank == 0:
         path = _create_segment(directory, _segment_bytes(world, slot))
         if path is not None:
             raw = path.encode()
             name[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    name = bootstrap.broadcast(name, src=0)
-    path = bytes(name).rstrip(b"\0").decode()
-    if not path:
-        return None
+    coll: SharedMemoryCollective | None = None
     try:
-        coll: SharedMemoryCollective | None = SharedMemoryCollective(bootstrap.rank, world, path, slot, pids,
-                                                                     bootstrap, timeout_s)
-    except OSError:
-        coll = None
-    mapped = bootstrap.allreduce(np.array([coll is not None], dtype=np.int64), "min")  # every worker has tried
-    if bootstrap.rank == 0:
-        os.unlink(path)
+        name = bootstrap.broadcast(name, src=0)
+        path = bytes(name).rstrip(b"\0").decode()
+        if not path:
+            return None
+        try:
+            coll = SharedMemoryCollective(bootstrap.rank, world, path, slot, pids, bootstrap, timeout_s)
+        except OSError:
+            coll = None
+        mapped = bootstrap.allreduce(np.array([coll is not None], dtype=np.int64), "min")  # every worker has tried
+    finally:  # also when a peer fails midway; a creator killed before this is swept by the next _create_segment
+        if bootstrap.rank == 0 and path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     if not mapped[0] and coll is not None:
         coll.close()
         coll = None
     return coll
+
+
+def sweep_orphans(directory: str = "/dev/shm") -> list[str]:
+    """Remove segments whose creating process is gone (it died between creating and unlinking); return them."""
+    removed = []
+    for entry in os.listdir(directory):
+        pid_text = entry[len(_PREFIX):].split("-", 1)[0] if entry.startswith(_PREFIX) else ""
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, entry))
+                removed.append(entry)
+    return removed
 
 
 def _create_segment(directory: str, size: int) -> str | None:
@@ -239,7 +258,8 @@ def _create_segment(directory: str, size: int) -> str | None:
     later would kill the reader with SIGBUS); None where that is not possible."""
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         return None
-    path = os.path.join(directory, f"ray-backend-collective-{uuid.uuid4().hex}")
+    sweep_orphans(directory)
+    path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:

@@ -101,3 +101,23 @@ def test_horovod_backend_reports_why_it_is_unavailable():
     if ok:
         pytest.skip("Horovod is installed; the Horovod job test covers it")
     assert "build-horovod.sh" in why
+
+
+def test_segments_of_dead_creators_are_swept_and_live_ones_kept(tmp_path):
+    """A creator killed between creating and unlinking its segment leaves an orphan; the next segment created in
+    that directory removes it (and nothing that a live process holds)."""
+    import subprocess
+    import sys
+
+    from ray_backend import shm_collective
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f"ray-backend-collective-{dead_pid}-0123abcd"
+    live = tmp_path / f"ray-backend-collective-{os.getpid()}-4567ef01"
+    other = tmp_path / "unrelated-file"
+    for f in (orphan, live, other):
+        f.write_bytes(b"x")
+    made = shm_collective._create_segment(str(tmp_path), 4096)
+    assert not orphan.exists() and live.exists() and other.exists()
+    assert os.path.basename(made).startswith(f"ray-backend-collective-{os.getpid()}-")
