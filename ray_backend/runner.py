@@ -17,6 +17,7 @@ from recordio import storage
 
 log = logging.getLogger("ray_backend.job")
 _SETTLE_S = 3.0  # after one worker fails, how long the others get to fail or finish before the group is killed
+_POLL_S = 0.5  # progress is shown this often while workers run
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _wait(refs: list[Any], board: Any, run_name: str, printer: progress.Printer,
 
     pending, snap = list(refs), {}
     while pending:
-        done, pending = ray.wait(pending, num_returns=len(pending), timeout=progress_poll_s(), fetch_local=False)
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=_POLL_S, fetch_local=False)
         failed = _first_failure(done)
         if failed is not None:
             _settle(pending)
@@ -88,10 +89,6 @@ def _wait(refs: list[Any], board: Any, run_name: str, printer: progress.Printer,
         if deadline is not None and time.monotonic() > deadline and pending:
             raise JobError(f"job {run_name!r} ran past its timeout")
     return ray.get(refs), snap
-
-
-def progress_poll_s() -> float:
-    return 0.5
 
 
 def _first_failure(done: list[Any]) -> Any:

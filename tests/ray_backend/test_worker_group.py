@@ -162,3 +162,20 @@ def test_shutdown_releases_every_group(ray_cluster, channels):
     while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def test_a_job_past_its_timeout_is_stopped_and_its_workers_released(ray_cluster, channels):
+    run_job(_job(channels))
+    before = _pids(2)
+    slow = {"epochs": 1000, "mini_batch_size": 16, "learning_rate": 0.01}
+    t0 = time.perf_counter()
+    with pytest.raises(JobError, match="ran past its timeout"):
+        run_job(_job(channels, algorithm="tests.ray_backend.models:PacedSGD", hyperparameters=slow, timeout_s=2))
+    assert time.perf_counter() - t0 < 30
+    assert _pids(2) == set()
+    import psutil
+
+    deadline = time.monotonic() + 15
+    while any(psutil.pid_exists(p) for p in before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(psutil.pid_exists(p) for p in before)
