@@ -101,6 +101,12 @@ class Algorithm(ABC):
     def predict(self, features: Any) -> dict[str, np.ndarray]:
         """Predict a 2-D ndarray or scipy CSR batch → {output name: array with one row per record}."""
 
+    @classmethod
+    def code_paths(cls, hyperparameters: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(hyperparameter, 'module:name') for each piece of code the hyperparameters name; a model file's are
+        checked against the allow-list (`ray_backend.trust`) before the algorithm is built."""
+        return []
+
     def linear_form(self) -> LinearForm | None:
         """The loaded model as a LinearForm when its outputs are a link of x·W + b; None otherwise."""
         return None
@@ -113,7 +119,8 @@ class Algorithm(ABC):
 
 
 def resolve(name: str) -> type[Algorithm]:
-    """Find an algorithm class by built-in name or `package.module:Class` path."""
+    """Find an algorithm class by built-in name or `package.module:Class` path, as the caller names it (training);
+    a name read from a model file goes through `ray_backend.trust.algorithm_class`."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"algorithm must be a built-in name {sorted(BUILTIN)} or 'module:Class', got {name!r}")
     target = BUILTIN.get(name, name)

@@ -1,4 +1,5 @@
-"""Channels: read a channel by its manifest and stream this worker's records, in Pipe or File input mode."""
+"""Channels: read a channel by its manifest and stream this worker's records, in Pipe or File input mode; every
+shard's sha256 is checked against the manifest (File: while copied; Pipe: while streamed, at the shard's end)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,18 @@ def iter_slice(source: Any, s: ShardSlice, *, path: str) -> Iterator[Chunk]:
         raise ChannelError(f"shard {path!r} holds {pos} records, its manifest says {s.shard_records}")
 
 
+class _HashingStream:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, raw: Any):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+
 class ChannelReader:
     """One worker's view of a channel: its slices, read once per epoch (Pipe) or from a local copy (File)."""
 
@@ -129,6 +142,12 @@ class ChannelReader:
     def feature_dim(self) -> int:
         return self.manifest.feature_dim
 
+    def _check_sha(self, rel: str, digest: Any) -> None:
+        want = self._sha[rel]
+        if digest.hexdigest() != want:
+            raise ChannelError(f"shard {storage.join(self.spec.uri, rel)!r} fails its manifest sha256 "
+                               f"(got {digest.hexdigest()}, manifest says {want})")
+
     def _materialize(self) -> str:
         # File mode: copy each needed shard to local disk once, checking its manifest sha256 on the way.
         if self._local_dir is not None:
@@ -136,18 +155,13 @@ class ChannelReader:
         local = tempfile.mkdtemp(prefix=f"sparkml-ext-{self.name}-", dir=self._local_root)
         fs, base = storage.resolve(self.spec.uri, self._s3)
         try:
-            for rel in dict.fromkeys(s.path for s in self.slices):
-                dest = os.path.join(local, rel)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
+            for rel in dict.fromkeys(s.path for s in self.slices):  # plain file names (Manifest checks them)
                 digest = hashlib.sha256()
-                with fs.open_input_stream(f"{base}/{rel}") as src, open(dest, "wb") as out:
+                with fs.open_input_stream(f"{base}/{rel}") as src, open(os.path.join(local, rel), "wb") as out:
                     while chunk := src.read(_COPY_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
-                want = self._sha.get(rel)
-                if want and digest.hexdigest() != want:
-                    raise ChannelError(f"shard {storage.join(self.spec.uri, rel)!r} fails its manifest sha256 "
-                                       f"(got {digest.hexdigest()}, manifest says {want})")
+                self._check_sha(rel, digest)
         except BaseException:
             shutil.rmtree(local, ignore_errors=True)
             raise
@@ -167,7 +181,12 @@ class ChannelReader:
             except OSError as exc:
                 raise ChannelError(f"cannot open shard {storage.join(self.spec.uri, s.path)!r}: {exc}") from exc
             with src:
-                yield from iter_slice(src, s, path=storage.join(self.spec.uri, s.path))
+                stream = src if self.spec.input_mode == FILE else _HashingStream(src)  # File: checked when copied
+                yield from iter_slice(stream, s, path=storage.join(self.spec.uri, s.path))
+                if stream is not src:  # Pipe: hash the shard's rest (past this slice) too, then check the whole
+                    while stream.read(_COPY_CHUNK):
+                        pass
+                    self._check_sha(s.path, stream.sha)
 
     def chunks(self) -> Iterator[Chunk]:
         """One epoch of this worker's records, decoded by a background thread `read_ahead` chunks ahead."""

@@ -1,30 +1,34 @@
-"""Load a model artifact without Ray and predict vectorized batches; one cached predictor per process and URI."""
+"""Load a model artifact without Ray and predict vectorized batches; cached per process and URI (the 8 most recently
+used, $SPARKML_EXT_PREDICTOR_CACHE)."""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from ray_backend import artifact
-from ray_backend.algorithm import ModelState, resolve
+from ray_backend import artifact, trust
+from ray_backend.algorithm import ModelState
 from recordio import storage
 
-_CACHE: dict[tuple[str, Any], Predictor] = {}
+_CACHE: OrderedDict[tuple[Any, ...], Predictor] = OrderedDict()  # least recently used first
 _LOCK = threading.Lock()
+CACHE_SIZE_ENV = "SPARKML_EXT_PREDICTOR_CACHE"  # predictors kept per process (default 8)
 
 
 class Predictor:
     """A loaded model: `predict(features)` → {output name: array}; features are 2-D ndarray or scipy sparse."""
 
-    def __init__(self, loaded: artifact.Artifact):
+    def __init__(self, loaded: artifact.Artifact, *, trusted_modules: trust.Trusted = None):
         meta = loaded.meta
         self.uri = loaded.uri
         self.meta = meta
         self.feature_dim = int(meta["feature_dim"])
-        self.algorithm = resolve(meta.get("algorithm_path", meta["algorithm"]))(meta["hyperparameters"],
-                                                                                 self.feature_dim)
+        algo_cls = trust.model_algorithm(meta, trusted=trusted_modules)  # before anything model.json names is imported
+        self.algorithm = algo_cls(meta["hyperparameters"], self.feature_dim)
         self.algorithm.load_state(ModelState(tensors=loaded.tensors, meta=meta.get("state", {})))
         self.output_columns = list(meta["output_columns"])
 
@@ -75,19 +79,32 @@ def arrow_features(col: Any) -> Any:
     raise ValueError(f"Arrow features must be Spark ML vectors, fixed-size lists or lists, got {col.type}")
 
 
-def load_predictor(uri: str, *, s3: storage.S3Options | None = None, cache: bool = True) -> Predictor:
-    """Load (or reuse this process's cached) predictor for an artifact URI; checksums are verified on load."""
-    key = (uri, s3)
+def load_predictor(uri: str, *, s3: storage.S3Options | None = None, cache: bool = True,
+                   trusted_modules: trust.Trusted = None) -> Predictor:
+    """Load (or reuse this process's cached) predictor for an artifact URI; checksums are verified on load, and code
+    the artifact names is imported only from `trusted_modules` or $SPARKML_EXT_TRUSTED_MODULES (`ray_backend.trust`)."""
+    key = (uri, s3, trust.prefixes(trusted_modules))
     if cache:
         with _LOCK:
             hit = _CACHE.get(key)
+            if hit is not None:
+                _CACHE.move_to_end(key)
         if hit is not None:
             return hit
-    predictor = Predictor(artifact.load(uri, s3=s3))
+    trust.model_algorithm(artifact.read_meta(uri, s3=s3), trusted=trusted_modules)  # refused before weights are read
+    predictor = Predictor(artifact.load(uri, s3=s3), trusted_modules=trusted_modules)
     if cache:
         with _LOCK:
             predictor = _CACHE.setdefault(key, predictor)
+            _CACHE.move_to_end(key)
+            while len(_CACHE) > _cache_size():
+                _CACHE.popitem(last=False)
     return predictor
+
+
+def _cache_size() -> int:
+    raw = os.environ.get(CACHE_SIZE_ENV, "")
+    return max(int(raw), 0) if raw.strip().isdigit() else 8
 
 
 def clear_cache() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 
 from recordio.errors import RecordIOError
@@ -11,16 +12,33 @@ MANIFEST_NAME = "manifest.json"
 SAGEMAKER_MANIFEST_NAME = "manifest.sagemaker.json"
 FORMAT = "recordio-protobuf"
 VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _shard_problem(path: object, sha256: object) -> str | None:
+    """What is wrong with a shard entry (None when nothing): its path must be a plain file name in the channel
+    directory (no separator, no `..`, not absolute), so no reader copies or opens anything outside it, and its
+    sha256 64 lowercase hex digits, so every reader can check it."""
+    if not isinstance(path, str) or not path or path in (".", "..") or any(c in path for c in "/\\\0"):
+        return f"shard path {path!r} is not a plain file name in the channel directory"
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        return f"shard {path!r} has sha256={sha256!r}, not 64 lowercase hex digits"
+    return None
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One committed shard file of a channel; `path` is relative to the channel directory."""
+    """One committed shard file of a channel; `path` is a file name in the channel directory."""
 
     path: str
     records: int
     bytes: int
     sha256: str
+
+    def __post_init__(self) -> None:
+        problem = _shard_problem(self.path, self.sha256)
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,10 @@ class Manifest:
                 raise RecordIOError(f"not a {FORMAT} manifest (format={body.get('format')!r})", path=path)
             if body.get("version") != VERSION:
                 raise RecordIOError(f"unsupported manifest version {body.get('version')!r}", path=path)
+            for s in body["shards"]:
+                problem = _shard_problem(s.get("path"), s.get("sha256"))
+                if problem:
+                    raise RecordIOError(problem, path=path)
             shards = tuple(Shard(**s) for s in body["shards"])
             manifest = cls(
                 channel=body["channel"],
@@ -76,7 +98,7 @@ class Manifest:
             )
         except RecordIOError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RecordIOError(f"malformed manifest: {exc!r}", path=path) from exc
         for key in ("records", "bytes"):
             if key in body and body[key] != getattr(manifest, key):

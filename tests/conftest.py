@@ -11,6 +11,7 @@ GOLDEN_DIR = Path(__file__).parent / "data" / "golden" / "recordio"
 REPO = str(Path(__file__).resolve().parent.parent)
 # Spark's Python workers and Ray's workers import test helpers by module path ("tests.ml.models:mlp").
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault("SPARKML_EXT_TRUSTED_MODULES", "tests.")  # model files that name them load (ray_backend.trust)
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,12 @@ class TorchModule(Algorithm):
             out[key] = float(out[key])
         return out
 
+    @classmethod
+    def code_paths(cls, hyperparameters: dict[str, Any]) -> list[tuple[str, Any]]:
+        """The module factory, and the loss when it is a 'package.module:fn' path."""
+        loss = hyperparameters.get("loss", "mse")
+        return [("module", hyperparameters.get("module"))] + ([("loss", loss)] if loss not in LOSSES else [])
+
     def output_columns(self) -> list[str]:
         """score always; predicted_label for classification losses; cross_entropy (multiclass) also the
         probability and rawPrediction (logit) vectors, with score the probability vector."""

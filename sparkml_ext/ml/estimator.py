@@ -335,7 +335,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             return meta["output_widths"]
         from ray_backend.predictor import load_predictor
 
-        return load_predictor(self.artifactUri, s3=self._s3()).algorithm.output_widths()
+        return load_predictor(self.artifactUri, s3=self._s3(),
+                              trusted_modules=self.getTrustedModules()).algorithm.output_widths()
 
     def _s3(self) -> storage.S3Options | None:
         """S3 settings from the environment when the artifact is on an object store."""
@@ -377,14 +378,16 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
     def _transform_natively(self, dataset: DataFrame, meta: dict, config: dict) -> DataFrame | None:
         """Spark ML's JVM models score an algorithm that has a linear form (sparkml_ext.ml.native_scoring); None for
         the others, read from the algorithm class before any weights are loaded."""
-        from ray_backend.algorithm import Algorithm, resolve
+        from ray_backend.algorithm import Algorithm
         from ray_backend.predictor import load_predictor
+        from ray_backend.trust import model_algorithm
         from sparkml_ext.ml import native_scoring
 
+        trusted = self.getTrustedModules()
         if (not native_scoring.applicable(dataset, config["features_col"])
-                or resolve(meta["algorithm"]).linear_form is Algorithm.linear_form):
+                or model_algorithm(meta, trusted=trusted).linear_form is Algorithm.linear_form):
             return None
-        form = load_predictor(self.artifactUri, s3=self._s3()).algorithm.linear_form()
+        form = load_predictor(self.artifactUri, s3=self._s3(), trusted_modules=trusted).algorithm.linear_form()
         return form and native_scoring.transform(dataset, form, config["features_col"], config["handle_invalid"],
                                                  config["columns"])
 

@@ -98,7 +98,8 @@ def _load(cfg: dict):
     from ray_backend.predictor import load_predictor
     from recordio.storage import S3Options
 
-    return load_predictor(cfg["artifact_uri"], s3=S3Options(**cfg["s3"]) if cfg["s3"] else None)
+    return load_predictor(cfg["artifact_uri"], s3=S3Options(**cfg["s3"]) if cfg["s3"] else None,
+                          trusted_modules=cfg["trusted_modules"])
 
 
 def make_batch_scorer(config: dict) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:

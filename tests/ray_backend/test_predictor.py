@@ -87,3 +87,17 @@ def test_loads_and_predicts_without_ray(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
     np.testing.assert_allclose([float(v) for v in res.stdout.strip().split(",")], w + b, rtol=1e-5)
+
+
+def test_the_cache_keeps_the_most_recently_used_predictors(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARKML_EXT_PREDICTOR_CACHE", "2")
+    clear_cache()
+    uris = [linear_artifact(tmp_path / str(i))[0] for i in range(3)]
+    first = load_predictor(uris[0])
+    load_predictor(uris[1])
+    assert load_predictor(uris[0]) is first  # used again: now the most recent
+    load_predictor(uris[2])  # evicts uris[1], the least recently used
+    assert load_predictor(uris[0]) is first
+    from ray_backend import predictor
+
+    assert [key[0] for key in predictor._CACHE] == [uris[2], uris[0]]
