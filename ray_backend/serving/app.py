@@ -1,27 +1,65 @@
 """Ray Serve deployments speaking the SageMaker container protocol: a model server per production variant and,
-for several weighted variants, a router in front of them."""
+for several weighted variants, a router in front of them.
+
+What one request may cost a replica is bounded by `Limits`: its body's bytes (413), its records (413), the dense
+size of what one predict call gets (larger requests are scored in chunks, so a model that densifies sparse input
+never allocates more than `max_dense_bytes` for it) and its time (408 for a body that does not arrive, 504 for
+scoring that does not finish). Queueing is Serve's: `max_queued_requests` per deployment, a full queue answers
+503 with `Retry-After`. Bad input is a 4xx naming the record and feature; a failure of the model is a 500 whose
+body holds a generic message and the request id (the replica's log has the traceback); both are counted per
+variant in the endpoint's registry actor."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import logging
+import math
 import os
 import random
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ray_backend.serving import protocol
 
 VARIANT_HEADER = "X-Amzn-Invoked-Production-Variant"  # SageMaker's: which variant answered
 TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"  # SageMaker's: ask for one variant
+REQUEST_ID_HEADER = "x-request-id"  # set by Serve's proxy on every request and sent back in its response
 REGISTRY_NAMESPACE = "sparkml_ext_endpoints"
+MAX_DENSE_BYTES = 64 * 1024 * 1024
+REQUEST_TIMEOUT_S = 60.0
+COUNT_KEYS = ("requests", "records", "errors", "client_errors", "server_errors")
+logger = logging.getLogger("ray.serve")  # Serve's replica logger: its records carry the request id
 
 
 def token_digest(token: str | None) -> str | None:
     """What deployments keep of a bearer token: its sha256 (the token itself never enters Serve's config)."""
     return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost a replica: body bytes, records, dense bytes per predict call, seconds."""
+
+    max_body_bytes: int = protocol.MAX_BODY_BYTES
+    max_records: int = protocol.MAX_RECORDS
+    max_dense_bytes: int = MAX_DENSE_BYTES
+    request_timeout_s: float = REQUEST_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_records", "max_dense_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        t = self.request_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"request_timeout_s must be a positive number of seconds; got {t!r}")
 
 
 @dataclass
@@ -36,6 +74,16 @@ class Reply:
 
 def _error(status: int, message: str) -> Reply:
     return Reply(status, (message.rstrip() + "\n").encode())
+
+
+def _internal_error(request_id: str) -> Reply:
+    """A 500 that tells the client nothing of the server's internals: the log has them under the request id."""
+    return _error(500, f"internal error while scoring (request id {request_id}); the endpoint's log has the details")
+
+
+def _timed_out(limits: Limits, request_id: str) -> Reply:
+    return _error(504, f"scoring did not finish within this endpoint's limit of {limits.request_timeout_s:g} s "
+                       f"(request id {request_id}); send fewer records per request")
 
 
 def _relative_path(scope: dict) -> str:
@@ -60,11 +108,16 @@ async def _read_body(request: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def handle_http(request: Any, *, token_sha256: str | None, max_body_bytes: int,
-                      invoke: Callable[[bytes, str | None, str | None, dict], Awaitable[Reply]]) -> Any:
-    """The container contract: GET /ping, POST /invocations (auth, size limit), anything else 404/405."""
+Invoke = Callable[[bytes, str | None, str | None, dict, str, float], Awaitable[Reply]]
+
+
+async def handle_http(request: Any, *, token_sha256: str | None, limits: Limits, invoke: Invoke,
+                      on_reject: Callable[[int], None] = lambda status: None) -> Any:
+    """The container contract: GET /ping, POST /invocations (auth, body limits, then `invoke(body, content type,
+    accept, headers, request id, seconds left)`), anything else 404/405; `on_reject` hears of 401/408/413s."""
     from starlette.responses import Response
 
+    start = time.monotonic()
     path = _relative_path(request.scope)
     if path == "/ping":
         reply = Reply(200, b"") if request.method in ("GET", "HEAD") else _error(405, "use GET /ping")
@@ -72,19 +125,32 @@ async def handle_http(request: Any, *, token_sha256: str | None, max_body_bytes:
         reply = _error(404, f"no route {path!r}: use GET /ping or POST /invocations")
     elif request.method != "POST":
         reply = _error(405, "use POST /invocations")
-    elif token_sha256 and not _authorized(request.headers.get("authorization"), token_sha256):
+    else:
+        reply = await _invocation(request, start, token_sha256, limits, invoke, on_reject)
+    return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type,
+                    headers=reply.headers)
+
+
+async def _invocation(request: Any, start: float, token_sha256: str | None, limits: Limits, invoke: Invoke,
+                      on_reject: Callable[[int], None]) -> Reply:
+    if token_sha256 and not _authorized(request.headers.get("authorization"), token_sha256):
         reply = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         reply.headers["WWW-Authenticate"] = "Bearer"
     else:
-        body = await _read_body(request, max_body_bytes)
-        if body is None:
-            reply = _error(413, f"request body is over the endpoint's limit of {max_body_bytes} bytes; "
-                                "send fewer records per request")
+        try:
+            body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes), limits.request_timeout_s)
+        except TimeoutError:
+            reply = _error(408, f"the request body did not arrive within {limits.request_timeout_s:g} s")
         else:
-            reply = await invoke(body, request.headers.get("content-type"), request.headers.get("accept"),
-                                 dict(request.headers))
-    return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type,
-                    headers=reply.headers)
+            if body is not None:
+                request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+                left = limits.request_timeout_s - (time.monotonic() - start)
+                return await invoke(body, request.headers.get("content-type"), request.headers.get("accept"),
+                                    dict(request.headers), request_id, left)
+            reply = _error(413, f"request body is over the endpoint's limit of {limits.max_body_bytes} bytes; "
+                                "send fewer records per request")
+    on_reject(reply.status)
+    return reply
 
 
 def _authorized(header: str | None, token_sha256: str) -> bool:
@@ -94,48 +160,78 @@ def _authorized(header: str | None, token_sha256: str) -> bool:
     return hmac.compare_digest(token_digest(token.strip()), token_sha256)
 
 
+class _Expired(Exception):
+    """The request's deadline passed between two chunks of scoring."""
+
+
 class ModelServer:
     """One production variant: loads the artifact with `ray_backend.predictor` and answers invocations."""
 
     def __init__(self, artifact_uri: str, *, variant: str = "AllTraffic", endpoint: str = "",
-                 token_sha256: str | None = None, max_body_bytes: int = protocol.MAX_BODY_BYTES,
-                 s3: dict | None = None):
+                 token_sha256: str | None = None, limits: Limits | None = None, s3: dict | None = None):
         from ray_backend.predictor import load_predictor
         from recordio.storage import S3Options
 
         self.predictor = load_predictor(artifact_uri, s3=S3Options(**s3) if s3 else None)
         self.names = list(self.predictor.output_columns)
         self.artifact_uri, self.variant, self.endpoint = artifact_uri, variant, endpoint
-        self.token_sha256, self.max_body_bytes = token_sha256, max_body_bytes
+        self.token_sha256, self.limits = token_sha256, limits or Limits()
+        # records per predict call: at most max_dense_bytes as dense float32 (one record when a record is larger)
+        self.chunk_records = max(1, self.limits.max_dense_bytes // (4 * max(1, self.predictor.feature_dim)))
         self._registry: Any = None
 
     async def __call__(self, request: Any) -> Any:
-        async def invoke(body: bytes, content_type: str | None, accept: str | None, headers: dict) -> Reply:
-            # decode/predict/encode in a thread (they release the GIL), so the event loop keeps reading the
-            # next requests' bodies meanwhile
-            return await asyncio.to_thread(self.invoke, body, content_type, accept)
+        return await handle_http(request, token_sha256=self.token_sha256, limits=self.limits, invoke=self._invoke,
+                                 on_reject=lambda status: self._count(0, status))
 
-        return await handle_http(request, token_sha256=self.token_sha256, max_body_bytes=self.max_body_bytes,
-                                 invoke=invoke)
+    async def _invoke(self, body: bytes, content_type: str | None, accept: str | None, headers: dict,
+                      request_id: str, seconds: float) -> Reply:
+        return await self.score(body, content_type, accept, request_id, seconds)
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> Reply:
-        """Decode, predict, encode; bad input is a 4xx with the reason, never a 5xx."""
+    async def score(self, body: bytes, content_type: str | None, accept: str | None, request_id: str,
+                    seconds: float) -> Reply:
+        """Decode, predict, encode within `seconds` in a thread (numpy/scipy/torch release the GIL, so the event
+        loop keeps reading the next requests' bodies); counted in the registry."""
+        deadline = time.monotonic() + seconds
+        try:
+            reply, records = await asyncio.wait_for(
+                asyncio.to_thread(self._score, body, content_type, accept, request_id, deadline), max(seconds, 0))
+        except TimeoutError:  # the thread stops at its next chunk
+            reply, records = _timed_out(self.limits, request_id), 0
+        self._count(records, reply.status)
+        return reply
+
+    def _score(self, body: bytes, content_type: str | None, accept: str | None, request_id: str,
+               deadline: float) -> tuple[Reply, int]:
+        """(reply, records scored): bad input is a 4xx with the reason; the model's failure a 500 without it."""
         try:
             kind = protocol.response_type(accept, protocol.media_type(content_type, protocol.RECORDIO))
-            features = protocol.decode_request(body, content_type, self.predictor.feature_dim)
+            features = protocol.decode_request(body, content_type, self.predictor.feature_dim,
+                                               self.limits.max_records)
         except protocol.ProtocolError as exc:
-            self._count(0, error=True)
-            return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc)), 0
         try:
-            outputs = self.predictor.predict(features)
-        except ValueError as exc:  # the algorithm refused these values: still the client's input
-            self._count(0, error=True)
-            return _error(400, f"the model rejected the input: {exc}")
-        payload = protocol.encode_response(outputs, self.names, kind)
-        self._count(features.shape[0])
-        return Reply(200, payload, kind, {VARIANT_HEADER: self.variant})
+            payload = protocol.encode_response(self._predict(features, deadline), self.names, kind)
+        except _Expired:
+            return _timed_out(self.limits, request_id), 0
+        except Exception:
+            logger.exception("request %s: %s failed to score %d records", request_id, self.artifact_uri,
+                             features.shape[0])
+            return _internal_error(request_id), 0
+        return Reply(200, payload, kind, {VARIANT_HEADER: self.variant}), features.shape[0]
 
-    def _count(self, records: int, error: bool = False) -> None:
+    def _predict(self, features: Any, deadline: float) -> dict[str, np.ndarray]:
+        """Predict `chunk_records` records at a time, checking the deadline before each chunk."""
+        parts = []
+        for start in range(0, features.shape[0], self.chunk_records):
+            if time.monotonic() > deadline:
+                raise _Expired
+            parts.append(self.predictor.predict(features[start:start + self.chunk_records]))
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in self.names}
+
+    def _count(self, records: int, status: int) -> None:
         """Report to the endpoint's registry actor (fire and forget) so per-variant counts are observable."""
         if not self.endpoint:
             return
@@ -147,34 +243,50 @@ class ModelServer:
             except ValueError:
                 self.endpoint = ""  # no registry (served outside `endpoint.deploy`): stop looking
                 return
-        self._registry.count.remote(self.variant, records, error)
+        self._registry.count.remote(self.variant, records, status)
 
     def info(self) -> dict:
-        """This replica: process id, variant, artifact, feature dimension and outputs."""
+        """This replica: process id, variant, artifact, feature dimension, outputs and records per predict call."""
         return {"pid": os.getpid(), "variant": self.variant, "artifact_uri": self.artifact_uri,
-                "feature_dim": self.predictor.feature_dim, "output_columns": self.names}
+                "feature_dim": self.predictor.feature_dim, "output_columns": self.names,
+                "chunk_records": self.chunk_records}
 
 
 class VariantRouter:
     """Ingress for weighted production variants: picks one per request (or the one the client targets)."""
 
     def __init__(self, variants: dict[str, Any], weights: dict[str, float], *, token_sha256: str | None = None,
-                 max_body_bytes: int = protocol.MAX_BODY_BYTES):
+                 limits: Limits | None = None):
         self.handles = variants
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
-        self.token_sha256, self.max_body_bytes = token_sha256, max_body_bytes
+        self.token_sha256, self.limits = token_sha256, limits or Limits()
 
     async def __call__(self, request: Any) -> Any:
-        return await handle_http(request, token_sha256=self.token_sha256, max_body_bytes=self.max_body_bytes,
-                                 invoke=self._invoke)
+        return await handle_http(request, token_sha256=self.token_sha256, limits=self.limits, invoke=self._invoke)
 
-    async def _invoke(self, body: bytes, content_type: str | None, accept: str | None, headers: dict) -> Reply:
+    async def _invoke(self, body: bytes, content_type: str | None, accept: str | None, headers: dict,
+                      request_id: str, seconds: float) -> Reply:
+        from ray.serve.exceptions import BackPressureError
+
         target = headers.get(TARGET_VARIANT_HEADER)
         if target is not None and target not in self.handles:
             return _error(400, f"target variant {target!r} does not exist; variants: {', '.join(self.names)}")
         variant = target or random.choices(self.names, weights=self.weights)[0]
-        return await self.handles[variant].invoke.remote(body, content_type, accept)
+        response = self.handles[variant].score.remote(body, content_type, accept, request_id, seconds)
+        try:
+            return await asyncio.wait_for(response, max(seconds, 0))
+        except TimeoutError:
+            response.cancel()
+            return _timed_out(self.limits, request_id)
+        except BackPressureError as exc:  # the variant's queue is full: as Serve's proxy answers it
+            reply = _error(exc.status_code, f"variant {variant!r} is overloaded; retry later")
+            if exc.retry_after_s is not None:
+                reply.headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+            return reply
+        except Exception:
+            logger.exception("request %s: variant %r did not answer", request_id, variant)
+            return _internal_error(request_id)
 
 
 class Registry:
@@ -182,13 +294,16 @@ class Registry:
 
     def __init__(self, info: dict):
         self.info = info
-        self.counts = {v["name"]: {"requests": 0, "records": 0, "errors": 0} for v in info["variants"]}
+        self.counts = {v["name"]: dict.fromkeys(COUNT_KEYS, 0) for v in info["variants"]}
 
-    def count(self, variant: str, records: int, error: bool) -> None:
-        c = self.counts.setdefault(variant, {"requests": 0, "records": 0, "errors": 0})
+    def count(self, variant: str, records: int, status: int) -> None:
+        """One request: records scored; 4xx and 5xx answers counted as errors of the client or of the server."""
+        c = self.counts.setdefault(variant, dict.fromkeys(COUNT_KEYS, 0))
         c["requests"] += 1
         c["records"] += records
-        c["errors"] += int(error)
+        if status >= 400:
+            c["errors"] += 1
+            c["client_errors" if status < 500 else "server_errors"] += 1
 
     def get(self) -> dict:
         return {**self.info, "counts": self.counts}

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -21,6 +23,7 @@ LIBSVM = "text/libsvm"
 REQUEST_TYPES = (RECORDIO, CSV, JSON, LIBSVM)
 RESPONSE_TYPES = (RECORDIO, JSON)
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's invocation payload limit
+MAX_RECORDS = 100_000  # records per request, whatever their encoding
 # Outputs SageMaker's JSON gives as integers when they hold whole numbers.
 INTEGER_OUTPUTS = ("predicted_label", "closest_cluster")
 
@@ -54,8 +57,10 @@ def response_type(accept: str | None, request_type: str) -> str:
     raise ProtocolError(406, f"Accept {accept!r} is not supported; use one of {', '.join(RESPONSE_TYPES)}")
 
 
-def decode_request(body: bytes, content_type: str | None, feature_dim: int):
-    """Request body → features (2-D float32 ndarray or CSR with `feature_dim` columns); ProtocolError when bad."""
+def decode_request(body: bytes, content_type: str | None, feature_dim: int, max_records: int = MAX_RECORDS):
+    """Request body → features (2-D float32 ndarray or CSR with `feature_dim` columns, every value finite);
+    ProtocolError when bad: 415 for the type, 413 for more than `max_records` records, 400 naming the record and
+    feature for bad values."""
     kind = media_type(content_type, RECORDIO)
     if kind not in REQUEST_TYPES:
         raise ProtocolError(415, f"Content-Type {content_type!r} is not supported; use one of "
@@ -64,14 +69,37 @@ def decode_request(body: bytes, content_type: str | None, feature_dim: int):
         raise ProtocolError(400, "empty request body: send at least one record")
     decoder = {RECORDIO: _from_recordio, CSV: _from_csv, JSON: _from_json, LIBSVM: _from_libsvm}[kind]
     try:
-        features = decoder(body, feature_dim)
+        features = decoder(body, feature_dim, max_records)
     except ProtocolError:
         raise
     except Exception as exc:  # every decoding failure of a request body is the client's input
         raise ProtocolError(400, f"cannot decode {kind} body: {exc}") from exc
     if features.shape[0] == 0:
         raise ProtocolError(400, f"the {kind} body holds no records")
+    _check_finite(features)
     return features
+
+
+def _check_count(records: int, max_records: int) -> None:
+    """413 once a request holds (or would hold) more than `max_records` records."""
+    if records > max_records:
+        raise ProtocolError(413, f"the request holds more than {max_records} records, the most this endpoint takes "
+                                 "per request: send fewer records per request")
+
+
+def _check_finite(features) -> None:
+    """400 naming the first record and feature whose value is NaN or infinite (as float32)."""
+    values = features.data if hasattr(features, "tocsr") else features
+    bad = np.flatnonzero(~np.isfinite(values.reshape(-1)))
+    if not bad.size:
+        return
+    pos = int(bad[0])
+    if hasattr(features, "tocsr"):
+        record, feature = int(np.searchsorted(features.indptr, pos, side="right")) - 1, int(features.indices[pos])
+    else:
+        record, feature = divmod(pos, features.shape[1])
+    raise ProtocolError(400, f"record {record}, feature {feature} is {float(values.reshape(-1)[pos])}: features "
+                             "must be finite numbers (no NaN, Infinity or values beyond float32's range)")
 
 
 def _dim_error(got: int, feature_dim: int, where: str = "") -> ProtocolError:
@@ -79,8 +107,10 @@ def _dim_error(got: int, feature_dim: int, where: str = "") -> ProtocolError:
                               f"got {got}")
 
 
-def _from_recordio(body: bytes, feature_dim: int):
-    cols = recordio.parse(scan_frames(body))
+def _from_recordio(body: bytes, feature_dim: int, max_records: int):
+    frames = scan_frames(body)
+    _check_count(len(frames), max_records)  # before any record is parsed
+    cols = recordio.parse(frames)
     if cols.num_records:
         bad = np.flatnonzero(cols.dims != feature_dim)
         if bad.size:
@@ -88,7 +118,7 @@ def _from_recordio(body: bytes, feature_dim: int):
     return recordio.to_batch(cols).features
 
 
-def _from_csv(body: bytes, feature_dim: int) -> np.ndarray:
+def _from_csv(body: bytes, feature_dim: int, max_records: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -96,24 +126,52 @@ def _from_csv(body: bytes, feature_dim: int) -> np.ndarray:
     if not body.endswith(b"\n"):
         body += b"\n"  # pyarrow needs a line end to find the columns of a one-line file
     options = pacsv.ReadOptions(autogenerate_column_names=True, block_size=max(1 << 20, len(body) + 1))
-    table = pacsv.read_csv(io.BytesIO(body), read_options=options,
-                           convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.float32())))
+    try:
+        table = pacsv.read_csv(io.BytesIO(body), read_options=options,
+                               convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.float32())))
+    except pa.ArrowInvalid as exc:
+        raise _csv_value_error(body, str(exc)) from exc
     if table.num_columns != feature_dim:
         raise _dim_error(table.num_columns, feature_dim, " (CSV columns)")
-    nulls = [i for i, col in enumerate(table.columns) if col.null_count]
-    if nulls:
-        raise ProtocolError(400, f"CSV column {nulls[0]} has {table.column(nulls[0]).null_count} empty values")
+    _check_count(table.num_rows, max_records)
+    for i, col in enumerate(table.columns):
+        if col.null_count:
+            record = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ProtocolError(400, f"record {record}, feature {i} is empty or null (CSV): features must be "
+                                     "finite numbers")
     out = np.empty((table.num_rows, feature_dim), np.float32)
     for i, col in enumerate(table.columns):
         out[:, i] = col.to_numpy()
     return out
 
 
-def _from_json(body: bytes, feature_dim: int):
+def _csv_value_error(body: bytes, message: str) -> ProtocolError:
+    """The record and feature of the first CSV value that is not a number (pyarrow names only the column)."""
+    import csv
+
+    import pyarrow.csv as pacsv
+
+    nulls = set(pacsv.ConvertOptions().null_values)  # what pyarrow read as null: reported as empty, not here
+    named = re.search(r"CSV column #(\d+)", message)
+    rows = (row for row in csv.reader(io.StringIO(body.decode("utf-8", errors="replace"))) if row)
+    for record, row in enumerate(rows):
+        for i in [int(named.group(1))] if named else range(len(row)):
+            value = row[i] if i < len(row) else ""
+            try:
+                float(value)
+            except ValueError:
+                if value not in nulls:
+                    return ProtocolError(400, f"record {record}, feature {i} is {value[:50]!r} (CSV): features must "
+                                              "be numbers")
+    return ProtocolError(400, f"cannot decode text/csv body: {message}")
+
+
+def _from_json(body: bytes, feature_dim: int, max_records: int):
     doc = json.loads(body)
     instances = doc.get("instances") if isinstance(doc, dict) else doc
     if not isinstance(instances, list):
         raise ProtocolError(400, 'JSON body must be {"instances": [...]} (or a list of instances)')
+    _check_count(len(instances), max_records)
     dense, sparse_rows = [], {}
     for i, inst in enumerate(instances):
         if isinstance(inst, dict) and "features" in inst:
@@ -124,7 +182,7 @@ def _from_json(body: bytes, feature_dim: int):
         elif isinstance(inst, list):
             dense.append(inst)
         else:
-            raise ProtocolError(400, f'JSON instance {i} must be {{"features": [...]}}, '
+            raise ProtocolError(400, f'record {i}: a JSON instance must be {{"features": [...]}}, '
                                      f'{{"data": {{"features": {{"values": ...}}}}}} or a list of numbers')
     if not sparse_rows:
         return _dense_rows(dense, feature_dim)
@@ -143,42 +201,82 @@ def _from_json(body: bytes, feature_dim: int):
 
 
 def _dense_rows(rows: list, feature_dim: int) -> np.ndarray:
-    lengths = {len(r) if isinstance(r, list) else -1 for r in rows}
-    if -1 in lengths:
-        raise ProtocolError(400, "JSON features must be lists of numbers")
-    for length in sorted(lengths):
-        if length != feature_dim:
-            raise _dim_error(length, feature_dim, " (JSON features)")
-    matrix = np.asarray(rows, dtype=np.float32)
-    return matrix.reshape(len(rows), feature_dim)
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise ProtocolError(400, f"record {i}: features must be a list of {feature_dim} numbers, got "
+                                     f"{_json_kind(row)}")
+        if len(row) != feature_dim:
+            raise _dim_error(len(row), feature_dim, f" in record {i} (JSON features)")
+    return _json_numbers(rows).reshape(len(rows), feature_dim)
+
+
+def _json_kind(value) -> str:
+    """How a refused JSON value is named in messages."""
+    for kind, name in ((type(None), "null"), (bool, "a boolean"), (str, "a string"), (list, "a list"),
+                       (dict, "an object"), (int, "an integer beyond float range")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _json_numbers(rows: list[list], first: int = 0, features: list | None = None) -> np.ndarray:
+    """JSON rows of numbers → float32 (rows x len); anything but a JSON number (string, boolean, null, list,
+    object, an integer beyond float range) is a 400 naming its record (`first` + row) and feature (its position,
+    or `features[position]` for keyed sparse values)."""
+    if not set(map(type, chain.from_iterable(rows))) <= {int, float}:
+        raise _json_value_error(rows, first, features)
+    try:
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused by _check_finite with its place
+            return np.asarray(rows, dtype=np.float32)
+    except OverflowError as exc:  # an integer beyond float64
+        raise _json_value_error(rows, first, features) from exc
+
+
+def _json_value_error(rows: list[list], first: int, features: list | None) -> ProtocolError:
+    """The 400 for the first value of `rows` that is not a JSON number float64 can hold."""
+    for r, row in enumerate(rows):
+        for j, value in enumerate(row):
+            if type(value) is float:
+                continue
+            if type(value) is int:
+                try:
+                    float(value)
+                    continue
+                except OverflowError:
+                    pass
+            feature = features[j] if features is not None else j
+            return ProtocolError(400, f"record {first + r}, feature {feature} is {_json_kind(value)}: JSON features "
+                                      "must be numbers")
+    return ProtocolError(400, "JSON features must be numbers")
 
 
 def _json_tensor(tensor, i: int, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(keys, values) of one JSON instance's features tensor; dense when it has no keys."""
     if not isinstance(tensor, dict) or not isinstance(tensor.get("values"), list):
-        raise ProtocolError(400, f'JSON instance {i}: features must be {{"values": [...], "keys": [...], '
-                                 f'"shape": [d]}}')
-    values = np.asarray(tensor["values"], dtype=np.float32).reshape(-1)
+        raise ProtocolError(400, f'record {i}: features must be {{"values": [...], "keys": [...], "shape": [d]}}')
     shape = tensor.get("shape")
-    if shape is not None and (not isinstance(shape, list) or len(shape) != 1):
-        raise ProtocolError(400, f"JSON instance {i}: shape must be [d], got {shape!r}")
-    if "keys" not in tensor:
-        dim = values.size if shape is None else int(shape[0])
-        if dim != feature_dim or values.size != feature_dim:
-            raise _dim_error(dim, feature_dim, f" in JSON instance {i}")
-        return np.arange(feature_dim, dtype=np.int64), values
-    keys = np.asarray(tensor["keys"], dtype=np.int64).reshape(-1)
-    dim = int(shape[0]) if shape is not None else feature_dim
+    if shape is not None and (not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int):
+        raise ProtocolError(400, f"record {i}: shape must be [d] with d an integer, got {shape!r}")
+    raw_keys = tensor.get("keys")
+    if raw_keys is None:
+        dim = len(tensor["values"]) if shape is None else shape[0]
+        if dim != feature_dim or len(tensor["values"]) != feature_dim:
+            raise _dim_error(dim, feature_dim, f" in record {i}")
+        return np.arange(feature_dim, dtype=np.int64), _json_numbers([tensor["values"]], i)[0]
+    dim = shape[0] if shape is not None else feature_dim
     if dim != feature_dim:
-        raise _dim_error(dim, feature_dim, f" in JSON instance {i}")
-    if keys.size != values.size:
-        raise ProtocolError(400, f"JSON instance {i}: {keys.size} keys but {values.size} values")
-    if keys.size and (keys.min() < 0 or keys.max() >= feature_dim):
-        raise ProtocolError(400, f"JSON instance {i}: key out of range [0, {feature_dim})")
-    return keys, values
+        raise _dim_error(dim, feature_dim, f" in record {i}")
+    if not isinstance(raw_keys, list) or any(type(k) is not int for k in raw_keys):
+        raise ProtocolError(400, f"record {i}: keys must be a list of integers (feature indices)")
+    if len(raw_keys) != len(tensor["values"]):
+        raise ProtocolError(400, f"record {i}: {len(raw_keys)} keys but {len(tensor['values'])} values")
+    bad = [k for k in raw_keys if not 0 <= k < feature_dim]
+    if bad:
+        raise ProtocolError(400, f"record {i}: key {bad[0]} is out of range [0, {feature_dim})")
+    return np.asarray(raw_keys, dtype=np.int64), _json_numbers([tensor["values"]], i, raw_keys)[0]
 
 
-def _from_libsvm(body: bytes, feature_dim: int):
+def _from_libsvm(body: bytes, feature_dim: int, max_records: int):
     """libsvm lines `[label] index:value ...`; indices are column numbers from 0 (XGBoost's reading)."""
     import scipy.sparse as sps
 
@@ -187,18 +285,21 @@ def _from_libsvm(body: bytes, feature_dim: int):
         tokens = line.split("#", 1)[0].split()
         if not tokens:
             continue
+        record = len(indptr) - 1
+        _check_count(record + 1, max_records)  # before this line is parsed
+        where = f"record {record} (libsvm line {n + 1})"
         if ":" not in tokens[0]:
-            float(tokens[0])  # the label: must be a number, ignored when scoring
+            _libsvm_number(tokens[0], f"{where}: the label")  # ignored when scoring, but must be a number
             tokens = tokens[1:]
         pairs = [t.split(":", 1) for t in tokens if not t.startswith("qid:")]
-        if any(len(p) != 2 for p in pairs):
-            raise ProtocolError(400, f"libsvm line {n + 1}: expected index:value pairs")
+        if any(len(p) != 2 or not p[0].isdigit() for p in pairs):
+            raise ProtocolError(400, f"{where}: expected index:value pairs with indices 0, 1, ...")
         idx = np.array([int(p[0]) for p in pairs], dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= feature_dim):
-            raise ProtocolError(400, f"libsvm line {n + 1}: feature index {int(idx.max())} is out of range: the "
-                                     f"model expects {feature_dim} features (indices 0..{feature_dim - 1})")
+        if idx.size and idx.max() >= feature_dim:
+            raise ProtocolError(400, f"{where}: feature index {int(idx.max())} is out of range: the model expects "
+                                     f"{feature_dim} features (indices 0..{feature_dim - 1})")
         keys.append(idx)
-        values.append(np.array([float(p[1]) for p in pairs], dtype=np.float32))
+        values.append(np.array([_libsvm_number(p[1], f"{where}, feature {p[0]}") for p in pairs], dtype=np.float32))
         indptr.append(indptr[-1] + idx.size)
     if len(indptr) == 1:
         return sps.csr_matrix((0, feature_dim), dtype=np.float32)
@@ -206,6 +307,13 @@ def _from_libsvm(body: bytes, feature_dim: int):
                             shape=(len(indptr) - 1, feature_dim))
     matrix.sort_indices()
     return matrix
+
+
+def _libsvm_number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ProtocolError(400, f"{where} is {text[:50]!r}, not a number") from None
 
 
 # ---------------------------------------------------------------- responses
@@ -292,16 +400,21 @@ def _output_array(arr, name: str) -> np.ndarray:
 
 
 def encode_json(outputs: dict[str, np.ndarray], names: list[str]) -> bytes:
-    """SageMaker's JSON: {"predictions": [{name: value, ...}, ...]}, or {"projections": [...]} for PCA."""
+    """SageMaker's JSON: {"predictions": [{name: value, ...}, ...]}, or {"projections": [...]} for PCA; a NaN or
+    infinite output is null (JSON has no such numbers)."""
     columns = []
     for name in names:
         arr = np.asarray(outputs[name])
-        if arr.ndim == 1 and name in INTEGER_OUTPUTS and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        finite = np.isfinite(arr)
+        if arr.ndim == 1 and name in INTEGER_OUTPUTS and finite.all() and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
+        if not finite.all():
+            arr = arr.astype(object)
+            arr[~finite] = None
         columns.append(arr.tolist())
     rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
     key = "projections" if names == ["projection"] else "predictions"
-    return json.dumps({key: rows}, separators=(",", ":")).encode()
+    return json.dumps({key: rows}, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode_response(body: bytes, content_type: str | None) -> dict[str, np.ndarray]:

@@ -317,37 +317,65 @@ def test_json_shapes_follow_sagemaker():
 
 # ---------------------------------------------------------------- the CLI
 
+def _self_signed(directory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key (PEM files), made with openssl."""
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 @pytest.mark.slow
 def test_cli_serves_until_interrupted_and_exits_cleanly(tmp_path):
+    """The token from --token-file, HTTPS through Serve's own TLS options, --max-records; SIGINT stops it."""
+    import ssl
+
     uri = linear_artifact(tmp_path / "m" / "model")
     port = endpoint._free_port("127.0.0.1")
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "token").write_text("t0k\n")
     env = {**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ""}
+    env.pop(endpoint.TOKEN_ENV, None)
     proc = subprocess.Popen([sys.executable, "-m", "ray_backend", "serve", uri, "--port", str(port),
-                             "--token", "t0k"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
+                             "--token-file", str(tmp_path / "token"), "--max-records", "5", "--ssl-certfile", cert,
+                             "--ssl-keyfile", key], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    context = ssl.create_default_context(cafile=cert)
 
+    def call(path: str, body: bytes = b"", headers: dict | None = None, method: str = "POST"):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=context)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    try:
         def up():
             try:
-                return post(base + "/ping", b"", method="GET")[0] == 200
+                return call("/ping", method="GET")[0] == 200
             except OSError:
                 return False
 
         _wait_for(up, timeout=240)
         x = features(4)
-        assert post(base + "/invocations", bytes(recordio.encode_dense(x)))[0] == 401
-        status, _, body = post(base + "/invocations", bytes(recordio.encode_dense(x)),
-                               {"Authorization": "Bearer t0k"})
+        assert call("/invocations", bytes(recordio.encode_dense(x)))[0] == 401
+        status, body = call("/invocations", bytes(recordio.encode_dense(x)), {"Authorization": "Bearer t0k"})
         assert status == 200
         np.testing.assert_allclose(protocol.decode_outputs(body)["score"],
                                    load_predictor(uri, cache=False).predict(x)["score"], rtol=1e-6)
+        status, body = call("/invocations", bytes(recordio.encode_dense(features(6))), {"Authorization": "Bearer t0k"})
+        assert status == 413 and b"more than 5 records" in body
+        with pytest.raises(OSError):  # plain HTTP to the TLS port
+            post(f"http://127.0.0.1:{port}/ping", b"", method="GET")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
-        assert "stopped" in out
+        assert f"https://127.0.0.1:{port}/invocations" in out and "stopped" in out
         with pytest.raises(OSError):
-            post(base + "/ping", b"", method="GET")
+            call("/ping", method="GET")
     finally:
         if proc.poll() is None:
             proc.kill()
