@@ -76,7 +76,8 @@ class EndpointParams(Params):
     endpointReplicas = Param(Params._dummy(), "endpointReplicas", "replicas of an endpoint this model creates",
                              typeConverter=_at_least("endpointReplicas", 1))
     endpointPort = Param(Params._dummy(), "endpointPort",
-                         "HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000); "
+                         "HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a "
+                         "free port when another Ray cluster's proxy holds 8000); "
                          "Serve binds 127.0.0.1", typeConverter=_at_least("endpointPort", 0))
     maxBatchBytes = Param(Params._dummy(), "maxBatchBytes", "largest request body in bytes (records are never split)",
                           typeConverter=_at_least("maxBatchBytes", 1))
