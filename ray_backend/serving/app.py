@@ -168,11 +168,13 @@ class ModelServer:
     """One production variant: loads the artifact with `ray_backend.predictor` and answers invocations."""
 
     def __init__(self, artifact_uri: str, *, variant: str = "AllTraffic", endpoint: str = "",
-                 token_sha256: str | None = None, limits: Limits | None = None, s3: dict | None = None):
+                 token_sha256: str | None = None, limits: Limits | None = None, s3: dict | None = None,
+                 trusted_modules: list[str] | None = None):
         from ray_backend.predictor import load_predictor
         from recordio.storage import S3Options
 
-        self.predictor = load_predictor(artifact_uri, s3=S3Options(**s3) if s3 else None)
+        self.predictor = load_predictor(artifact_uri, s3=S3Options(**s3) if s3 else None,
+                                        trusted_modules=trusted_modules)
         self.names = list(self.predictor.output_columns)
         self.artifact_uri, self.variant, self.endpoint = artifact_uri, variant, endpoint
         self.token_sha256, self.limits = token_sha256, limits or Limits()

@@ -178,9 +178,10 @@ def start(host: str = "127.0.0.1", port: int | None = None, *, address: str | No
     return _base_url(host, port, "https" if ssl_certfile else "http")
 
 
-def _check_variants(variants: list[Variant], s3) -> dict:
-    """Artifacts load and verify, weights are positive, names unique, and all variants take the same input."""
-    from ray_backend import artifact
+def _check_variants(variants: list[Variant], s3, trusted_modules: list[str] | None = None) -> dict:
+    """Artifacts load and verify (and name no untrusted code), weights are positive, names unique, and all variants
+    take the same input."""
+    from ray_backend import artifact, trust
 
     if not variants:
         raise ValueError("an endpoint needs an artifact_uri or at least one Variant")
@@ -196,6 +197,7 @@ def _check_variants(variants: list[Variant], s3) -> dict:
             raise ValueError(f"variant {v.name!r}: replicas must be a positive integer; got {v.replicas!r}")
         if v.autoscaling is not None and not isinstance(v.autoscaling, dict):
             raise TypeError(f"variant {v.name!r}: autoscaling must be a dict of Serve autoscaling_config fields")
+        trust.model_algorithm(artifact.read_meta(v.artifact_uri, s3=s3), trusted=trusted_modules)
         loaded = artifact.load(v.artifact_uri, s3=s3)
         shapes.add((int(loaded.meta["feature_dim"]), tuple(loaded.meta["output_columns"])))
         described.append({"name": v.name, "artifact_uri": v.artifact_uri, "weight": float(v.weight),
@@ -214,7 +216,8 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
            num_cpus: float = 0.1, max_ongoing_requests: int = 8, max_queued_requests: int = MAX_QUEUED_REQUESTS,
            retry_after_s: float = 1.0, ready_timeout_s: float = READY_TIMEOUT_S, host: str = "127.0.0.1",
            port: int | None = None, route_prefix: str | None = None, address: str | None = None, s3: Any = None,
-           ssl_certfile: str | None = None, ssl_keyfile: str | None = None, replace: bool = False) -> Endpoint:
+           ssl_certfile: str | None = None, ssl_keyfile: str | None = None, replace: bool = False,
+           trusted_modules: list[str] | None = None) -> Endpoint:
     """Deploy an artifact (or weighted `variants`) as endpoint `name`; returns it once every replica is ready.
 
     Everything is checked (name, token for a non-loopback `host`, limits, artifacts with their checksums,
@@ -240,7 +243,7 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
     for what, value, least in (("retry_after_s", retry_after_s, 0), ("ready_timeout_s", ready_timeout_s, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not least <= value < float("inf"):
             raise ValueError(f"{what} must be a number of seconds, at least {least}; got {value!r}")
-    checked = _check_variants(list(variants), s3)
+    checked = _check_variants(list(variants), s3, trusted_modules)
     route_prefix = route_prefix or f"{ROUTE_ROOT}/{name}"
     base = start(host, port, address=address, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     import ray
@@ -271,7 +274,8 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
         scale = ({"autoscaling_config": {"initial_replicas": v.replicas, **v.autoscaling}} if v.autoscaling
                  else {"num_replicas": v.replicas})
         servers[v.name] = serve.deployment(ModelServer).options(name=f"variant-{v.name}", **common, **scale).bind(
-            v.artifact_uri, variant=v.name, endpoint=name, token_sha256=digest, limits=limits, s3=s3_dict)
+            v.artifact_uri, variant=v.name, endpoint=name, token_sha256=digest, limits=limits, s3=s3_dict,
+            trusted_modules=list(trusted_modules or []))
     if len(servers) == 1:
         app = next(iter(servers.values()))
     else:

@@ -174,7 +174,8 @@ def _ensure_endpoint(model, *, create: bool):
 
         s3 = S3Options.from_env() if is_object_store(model.artifactUri) else None
         found = endpoint.deploy(name, model.artifactUri, replicas=model.getEndpointReplicas(), token=model._token(),
-                                port=model.getEndpointPort() or None, address=address, s3=s3)
+                                port=model.getEndpointPort() or None, address=address, s3=s3,
+                                trusted_modules=model.getTrustedModules())
         if not hasattr(model, "_created_endpoints"):
             model._created_endpoints = set()
         model._created_endpoints.add(name)

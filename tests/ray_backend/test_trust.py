@@ -226,3 +226,15 @@ def test_pipe_mode_checks_each_shard_sha256_even_when_reading_a_slice_of_it(tmp_
         reader = ChannelReader("train", ChannelSpec(uri, input_mode="Pipe"), manifest, slices)
         with pytest.raises(ChannelError, match=r"part-00000-000\.rec.*fails its manifest sha256"):
             list(reader.batches(4))
+
+
+def test_an_endpoint_refuses_an_untrusted_artifact_before_any_replica(tmp_path, code, ray_cluster):
+    """deploy() checks what model.json names on the driver: nothing is deployed, nothing imported."""
+    from ray_backend.serving import endpoint
+
+    pkg, markers = code
+    uri = torch_artifact(tmp_path / "m", f"{pkg}.mlx:factory")
+    with pytest.raises(UntrustedCodeError, match=f"{pkg}.mlx"):
+        endpoint.deploy("untrusted-model", uri)
+    assert endpoint.get("untrusted-model") is None
+    assert not markers[f"{pkg}.mlx"].exists()
