@@ -51,3 +51,24 @@ def test_aws_secrets_in_the_driver_environment_appear_nowhere(cancer_vectors, ra
     out, err = capfd.readouterr()
     assert not any(n in text for n in needles for text in (out, err, caplog.text))
     assert not any(n in repr(model.extractParamMap()) for n in needles)
+
+
+def test_aws_secrets_reach_no_endpoint_config_or_ray_state(ray_local, tmp_path, monkeypatch):
+    """An endpoint deployed with the environment's S3 settings carries no credentials in Serve's config, and none
+    are in Ray's actor table (what the dashboard serves)."""
+    from ray import serve
+    from ray._private import state
+
+    from ray_backend.serving import endpoint
+    from tests.ray_backend.helpers import linear_artifact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+    monkeypatch.delenv("SPARKML_EXT_FORWARD_AWS_CREDENTIALS", raising=False)
+    uri = linear_artifact(tmp_path / "model")
+    endpoint.deploy("secrets-check", uri, s3=S3Options.from_env(), replace=True)
+    try:
+        texts = [repr(serve.status()), json.dumps(state.actors(), default=str)]
+        assert not any(n in text for n in (SECRET, TOKEN) for text in texts)
+    finally:
+        endpoint.delete("secrets-check")
