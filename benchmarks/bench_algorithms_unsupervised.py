@@ -125,7 +125,7 @@ def main() -> None:
     for rows in args.rows:
         args.current_rows = rows
         df, centres = mixture(spark, rows, args.dim, args.k, args.spread)
-        if rows == args.rows[0]:  # warm-up: Ray Train's first job imports and starts more than later ones
+        if rows == args.rows[0]:  # warm-up: the first fit starts the worker group
             KMeans(k=args.k, numWorkers=args.workers, stagingUri=tempfile.mkdtemp()).fit(df.limit(1000))
         if "kmeans" not in args.skip:
             results.append(bench_kmeans(df, centres, args))

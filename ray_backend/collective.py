@@ -82,7 +82,7 @@ class LocalCollective(Collective):
 
 
 class TorchCollective(Collective):
-    """torch.distributed's default process group (gloo on CPU, nccl on GPU; set up by Ray Train)."""
+    """torch.distributed's default process group (gloo on CPU, nccl on GPU; joined once by each warm worker)."""
 
     def __init__(self, device: Any = None) -> None:
         import torch.distributed as dist

@@ -1,5 +1,5 @@
-"""Horovod inside Ray Train V2's TorchTrainer workers (V2 refuses HorovodTrainer): rank 0 starts Horovod's
-rendezvous server, its address is broadcast over the torch.distributed group Ray already set up, then every
+"""Horovod inside the warm worker group's processes (Ray Train V2 refuses HorovodTrainer): rank 0 starts Horovod's
+rendezvous server, its address is broadcast over the torch.distributed group the workers joined at start, then every
 worker runs hvd.init() with Horovod's gloo controller."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def horovod_env(node_ids: list[str]) -> dict[int, dict[str, str]]:
 
 
 def init_in_ray_worker(torch_collective: Any) -> Any:
-    """Initialize horovod.torch in this Ray Train worker and return a HorovodCollective."""
+    """Initialize horovod.torch in this training worker and return a HorovodCollective."""
     global _SERVER
     import horovod.torch as hvd
     import ray
@@ -104,7 +104,7 @@ def init_in_ray_worker(torch_collective: Any) -> Any:
         os.environ["HOROVOD_GLOO_IFACE"] = iface
     hvd.init()
     if hvd.rank() != rank or hvd.size() != world:
-        raise RuntimeError(f"Horovod rank {hvd.rank()}/{hvd.size()} disagrees with Ray Train's {rank}/{world}")
+        raise RuntimeError(f"Horovod rank {hvd.rank()}/{hvd.size()} disagrees with the worker group's {rank}/{world}")
     return HorovodCollective()
 
 

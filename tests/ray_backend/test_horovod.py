@@ -1,4 +1,4 @@
-"""Horovod backend: Horovod runs inside Ray Train V2 TorchTrainer workers (V2 refuses HorovodTrainer).
+"""Horovod backend: Horovod runs inside the warm worker group's processes (a shape of its own, backend="horovod").
 The torch and Horovod backends must give the same model on a small problem."""
 
 from __future__ import annotations
