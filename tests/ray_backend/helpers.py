@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import numpy as np
 import scipy.sparse as sp
@@ -97,3 +98,14 @@ def linear_artifact(path: str | os.PathLike, seed: int = 1, dim: int = 6, predic
     rng = np.random.default_rng(seed)
     return save_artifact(path, "linear-sgd", predictor_type, rng.normal(size=dim), np.array([rng.normal()]),
                          sparse=sparse)
+
+
+def wait_for(predicate, timeout: float = 20.0):
+    """Poll `predicate` every 0.2 s until it returns something truthy (returned); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")

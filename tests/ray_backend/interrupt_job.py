@@ -1,6 +1,6 @@
-"""Run in a fresh process by test_interrupt: a long job on embedded Ray gets Ctrl-C (SIGINT to this process) once
-an epoch has finished; print JSON with what was interrupted, which training workers are left, the next job, and the
-warm workers this process leaves behind when it exits.
+"""Run in a fresh process by test_interrupt (argument: torch or xgboost): a long job on embedded Ray gets Ctrl-C
+(SIGINT to this process) once an epoch or boosting round has finished; print JSON with what was interrupted, which
+training workers are left, the next job, and the warm workers this process leaves behind when it exits.
 
 A fresh process because SIGINT goes to a whole process, and the test session must not receive it."""
 
@@ -23,19 +23,33 @@ def _group_pids() -> list[int]:
     return [ray.get(w.memory.remote())["pid"] for g in worker_group.groups() for w in g["workers"]]
 
 
-def main() -> None:
+def _job(kind: str, train: str, out: str, long: bool):
+    """(the job runner, its spec): linear-sgd on the torch path, or XGBoost; `long` = far more epochs/rounds than
+    the test waits for."""
+    if kind == "xgboost":
+        from ray_backend.xgboost import XGBoostJobSpec, run_xgboost_job
+
+        hp = {"num_round": 100_000 if long else 2, "max_depth": 2, "objective": "reg:squarederror"}
+        return run_xgboost_job, XGBoostJobSpec(output_uri=out, train=train, num_workers=2, hyperparameters=hp,
+                                               progress=False)
+    from ray_backend.job import JobSpec, run_job
+
+    hp = {"epochs": 10_000 if long else 1, "mini_batch_size": 10}
+    return run_job, JobSpec(algorithm="linear-sgd", output_uri=out, train=train, num_workers=2, hyperparameters=hp,
+                            progress=False)
+
+
+def main(kind: str) -> None:
     import ray
 
     from ray_backend import worker_group
-    from ray_backend.job import JobSpec, run_job
     from tests.ray_backend.helpers import linear_data, split, write_channel
 
     work = tempfile.mkdtemp(prefix="interrupt-job-")
     x, y, _ = linear_data(2000, 5, seed=3)
     train = write_channel(os.path.join(work, "train"), split(x, y, 2))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    spec = JobSpec(algorithm="linear-sgd", output_uri=os.path.join(work, "out"), train=train, num_workers=2,
-                   hyperparameters={"epochs": 10_000, "mini_batch_size": 10}, progress=False)
+    run, spec = _job(kind, train, os.path.join(work, "out"), long=True)
     seen = {}
 
     def on_progress(snap: dict) -> None:
@@ -46,7 +60,7 @@ def main() -> None:
 
     raised = None
     try:
-        run_job(spec, on_progress=on_progress)
+        run(spec, on_progress=on_progress)
     except KeyboardInterrupt:
         raised = "KeyboardInterrupt"
     import psutil
@@ -58,14 +72,14 @@ def main() -> None:
             break
         time.sleep(0.2)
     groups_left = len(worker_group.groups())
-    again = run_job(JobSpec(algorithm="linear-sgd", output_uri=os.path.join(work, "out2"), train=train,
-                            num_workers=2, hyperparameters={"epochs": 1}, progress=False))
+    run, spec = _job(kind, train, os.path.join(work, "out2"), long=False)
+    again = run(spec)
     warm = _group_pids()
     print(json.dumps({"warm_workers_at_exit": warm, "raised": raised, "interrupted_at_epoch": seen.get("epoch"),
                       "workers_while_training": len(seen.get("workers", [])), "interrupted_workers_alive": alive,
-                      "groups_left": groups_left, "next_job_epochs": len(again.metrics_history)}))
+                      "groups_left": groups_left, "next_job_history": len(again.metrics_history)}))
     ray.shutdown()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "torch"))

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -23,7 +22,7 @@ import recordio
 from ray_backend.errors import ArtifactError
 from ray_backend.predictor import load_predictor
 from ray_backend.serving import endpoint, protocol
-from tests.ray_backend.helpers import linear_artifact
+from tests.ray_backend.helpers import linear_artifact, wait_for
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 DIM = 6
@@ -190,16 +189,6 @@ def test_fuzzing_left_the_endpoint_healthy(served):
     _healthy(served["open"])
 
 
-def _wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 def test_weighted_variants_split_traffic_and_count_it(served):
     base = served["base"]
     a = linear_artifact(base / "va" / "model", seed=11)
@@ -226,7 +215,7 @@ def test_weighted_variants_split_traffic_and_count_it(served):
                                                  "X-Amzn-SageMaker-Target-Variant": "C"})
         assert status == 400 and b"'C'" in message
         want = {"A": seen["A"], "B": seen["B"] + 5}
-        counts = _wait_for(lambda: (c := endpoint.variant_counts("serving-ab")) and
+        counts = wait_for(lambda: (c := endpoint.variant_counts("serving-ab")) and
                            {k: v["requests"] for k, v in c.items()} == want and c)
         assert counts["A"]["records"] == 5 * want["A"] and counts["B"]["errors"] == 0
     finally:
@@ -266,7 +255,7 @@ def test_replicas_and_autoscaling_reach_serve(served, tmp_path):
     endpoint.deploy("serving-auto", uri, autoscaling={"min_replicas": 1, "max_replicas": 2})
     try:
         handle = serve.get_app_handle("serving-two")
-        pids = _wait_for(lambda: len(p := {handle.info.remote().result()["pid"] for _ in range(20)}) == 2 and p)
+        pids = wait_for(lambda: len(p := {handle.info.remote().result()["pid"] for _ in range(20)}) == 2 and p)
         assert len(pids) == 2
         assert serve.status().applications["serving-two"].deployments["variant-AllTraffic"].status == "HEALTHY"
         _healthy(endpoint.get("serving-auto"))
@@ -359,7 +348,7 @@ def test_cli_serves_until_interrupted_and_exits_cleanly(tmp_path):
             except OSError:
                 return False
 
-        _wait_for(up, timeout=240)
+        wait_for(up, timeout=240)
         x = features(4)
         assert call("/invocations", bytes(recordio.encode_dense(x)))[0] == 401
         status, body = call("/invocations", bytes(recordio.encode_dense(x)), {"Authorization": "Bearer t0k"})

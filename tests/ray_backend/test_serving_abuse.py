@@ -22,6 +22,7 @@ from ray_backend import artifact
 from ray_backend.algorithm import Algorithm, as_dense
 from ray_backend.algorithms.torch_module import TorchModule
 from ray_backend.serving import endpoint, protocol
+from tests.ray_backend.helpers import wait_for
 
 DIM = 3
 MAX_RECORDS = 100
@@ -151,10 +152,10 @@ def eps(ray_cluster, tmp_path_factory):
     }
     try:
         for ep in made.values():  # a replica's first request loads kernels: keep that out of the timed tests
-            _wait_for(lambda ep=ep: request(ep.url, b"1,2,3\n" if ep.name != "abuse-torch" else b"0 1:1\n",
+            wait_for(lambda ep=ep: request(ep.url, b"1,2,3\n" if ep.name != "abuse-torch" else b"0 1:1\n",
                                             {"Content-Type": protocol.CSV if ep.name != "abuse-torch"
                                              else protocol.LIBSVM})[0] == 200, timeout=120)
-            _wait_for(lambda ep=ep: _counts(ep.name)["records"] >= 1)  # reports are ordered: all have landed
+            wait_for(lambda ep=ep: _counts(ep.name)["records"] >= 1)  # reports are ordered: all have landed
         yield {**made, "uri": uri, "weight": weight, "bias": bias}
     finally:
         for ep in made.values():
@@ -287,16 +288,6 @@ def _counts(name: str) -> dict:
     return endpoint.variant_counts(name)["AllTraffic"]
 
 
-def _wait_for(predicate, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
-
-
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 30), data=st.data(), kind=st.sampled_from(KINDS))
 def test_model_exceptions_are_500_without_internals_and_counted(eps, n, data, kind):
@@ -312,7 +303,7 @@ def test_model_exceptions_are_500_without_internals_and_counted(eps, n, data, ki
     assert headers["x-request-id"] in text and "request id" in text
     bad = request(ep.url, b"1,2\n", {"Content-Type": protocol.CSV})[0]
     assert bad == 400
-    _wait_for(lambda: (c := _counts(ep.name))["server_errors"] >= before["server_errors"] + 1 and
+    wait_for(lambda: (c := _counts(ep.name))["server_errors"] >= before["server_errors"] + 1 and
               c["client_errors"] >= before["client_errors"] + 1)
     healthy(ep)
 
@@ -327,7 +318,7 @@ def test_counts_split_client_and_server_errors(eps):
     x[0, 0] = RAISE
     assert request(ep.url, bytes(recordio.encode_dense(x)), {"Content-Type": protocol.RECORDIO})[0] == 500
     want = {"requests": 3, "records": 3, "errors": 2, "client_errors": 1, "server_errors": 1}
-    _wait_for(lambda: {k: _counts(ep.name)[k] - before[k] for k in want} == want)
+    wait_for(lambda: {k: _counts(ep.name)[k] - before[k] for k in want} == want)
 
 
 def test_scoring_past_the_deadline_is_504_and_the_endpoint_stays_up(eps):
@@ -394,7 +385,7 @@ def test_overload_is_503_with_retry_after_then_the_endpoint_recovers(eps, client
     assert len(results) == clients and set(statuses) <= {200, 503}, statuses
     assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
     assert all(h.get("retry-after") == "2" for s, h in results if s == 503)
-    _wait_for(lambda: request(ep.ping_url, method="GET")[0] == 200, timeout=30)
+    wait_for(lambda: request(ep.ping_url, method="GET")[0] == 200, timeout=30)
     healthy(ep)
 
 

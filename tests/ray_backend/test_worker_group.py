@@ -13,7 +13,7 @@ import pytest
 from ray_backend import artifact, worker_group
 from ray_backend.errors import JobError
 from ray_backend.job import JobSpec, run_job
-from tests.ray_backend.helpers import linear_data, split, write_channel
+from tests.ray_backend.helpers import linear_data, split, wait_for, write_channel
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
@@ -98,10 +98,7 @@ def test_idle_groups_are_released_after_their_timeout(ray_cluster, channels):
     assert worker_group.groups() == []  # 0: fresh workers for every fit, none kept
     run_job(_job(channels, idle_timeout_s=1.0))
     assert len(worker_group.groups()) == 1
-    deadline = time.monotonic() + 15
-    while worker_group.groups() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert worker_group.groups() == []
+    wait_for(lambda: worker_group.groups() == [], timeout=15)
 
 
 def test_environment_variable_sets_the_idle_timeout(monkeypatch):
@@ -158,10 +155,7 @@ def test_shutdown_releases_every_group(ray_cluster, channels):
     assert worker_group.groups() == []
     import psutil
 
-    deadline = time.monotonic() + 15
-    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(psutil.pid_exists(p) for p in pids)
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=15)
 
 
 def test_a_job_past_its_timeout_is_stopped_and_its_workers_released(ray_cluster, channels):
@@ -175,7 +169,4 @@ def test_a_job_past_its_timeout_is_stopped_and_its_workers_released(ray_cluster,
     assert _pids(2) == set()
     import psutil
 
-    deadline = time.monotonic() + 15
-    while any(psutil.pid_exists(p) for p in before) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(psutil.pid_exists(p) for p in before)
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in before), timeout=15)
