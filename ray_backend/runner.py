@@ -38,7 +38,8 @@ def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_fail
         on_progress: Callable[[dict[str, Any]], None] | None = None, idle_timeout_s: float | None = None,
         timeout_s: float | None = None) -> RunOutcome:
     """Run `entry` with `plan` on a group of `shape`; `plan["checkpoints"]` is where rank 0 checkpoints, and each
-    attempt gets the newest committed one as `plan["resume"]`."""
+    attempt gets the newest committed one as `plan["resume"]`. The caller removes the checkpoints once it has read
+    the final one; a job that fails leaves none."""
     keep_s = worker_group.idle_timeout(idle_timeout_s)
     board, plan["progress_actor"] = progress.board()
     run_name = plan["run_name"]
@@ -68,6 +69,9 @@ def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_fail
                             plan["job_name"], exc, attempt + 1)
             finally:
                 worker_group.release(group, healthy, keep_s)
+    except BaseException:
+        checkpoints.remove(plan["checkpoints"], s3)  # a failed or interrupted job resumes nowhere
+        raise
     finally:
         printer.close()
         board.end.remote(run_name)

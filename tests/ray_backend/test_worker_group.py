@@ -162,11 +162,15 @@ def test_a_job_past_its_timeout_is_stopped_and_its_workers_released(ray_cluster,
     run_job(_job(channels))
     before = _pids(2)
     slow = {"epochs": 1000, "mini_batch_size": 16, "learning_rate": 0.01}
+    snaps: list[dict] = []
     t0 = time.perf_counter()
     with pytest.raises(JobError, match="ran past its timeout"):
-        run_job(_job(channels, algorithm="tests.ray_backend.models:PacedSGD", hyperparameters=slow, timeout_s=2))
+        run_job(_job(channels, algorithm="tests.ray_backend.models:PacedSGD", hyperparameters=slow, timeout_s=2,
+                     job_name="past-timeout"), on_progress=snaps.append)
     assert time.perf_counter() - t0 < 30
     assert _pids(2) == set()
+    assert snaps and snaps[-1]["history"], "epochs (so checkpoints) were done before the timeout"
+    assert not (channels["root"] / "out" / "past-timeout" / "checkpoints").exists()  # a failed job leaves none
     import psutil
 
     wait_for(lambda: not any(psutil.pid_exists(p) for p in before), timeout=15)
