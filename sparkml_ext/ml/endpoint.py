@@ -77,8 +77,12 @@ class EndpointParams(Params):
                              typeConverter=_at_least("endpointReplicas", 1))
     endpointPort = Param(Params._dummy(), "endpointPort",
                          "HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a "
-                         "free port when another Ray cluster's proxy holds 8000); "
-                         "Serve binds 127.0.0.1", typeConverter=_at_least("endpointPort", 0))
+                         "free port when another Ray cluster's proxy holds 8000)",
+                         typeConverter=_at_least("endpointPort", 0))
+    endpointHost = Param(Params._dummy(), "endpointHost",
+                         "address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other "
+                         "hosts' executors reach, which needs a bearer token (setEndpointToken or "
+                         "$SPARKML_EXT_ENDPOINT_TOKEN)", typeConverter=TypeConverters.toString)
     maxBatchBytes = Param(Params._dummy(), "maxBatchBytes", "largest request body in bytes (records are never split)",
                           typeConverter=_at_least("maxBatchBytes", 1))
     maxBatchRecords = Param(Params._dummy(), "maxBatchRecords", "most records per request",
@@ -97,7 +101,8 @@ class EndpointParams(Params):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._setDefault(endpointName="", endpointUrl="", endpointCreationPolicy=CREATE_ON_TRANSFORM,
-                         endpointReplicas=1, endpointPort=0, maxBatchBytes=5 * 1024 * 1024, maxBatchRecords=10_000,
+                         endpointReplicas=1, endpointPort=0, endpointHost="127.0.0.1",
+                         maxBatchBytes=5 * 1024 * 1024, maxBatchRecords=10_000,
                          maxConcurrentRequests=4, requestTimeout=60.0, maxRetries=6, retryBackoff=0.2)
 
     def setEndpointToken(self, token: str | None):  # noqa: N802 (Spark naming)
@@ -162,6 +167,8 @@ def _ensure_endpoint(model, *, create: bool):
     from ray_backend.serving import endpoint
 
     name = endpoint.validate_name(model.getEndpointName())
+    if create:
+        endpoint.require_token(model.getEndpointHost(), model._token())  # before Ray is touched
     address = _ray_address(model)
     found = endpoint.get(name, address=address)
     if found is None:
@@ -174,8 +181,8 @@ def _ensure_endpoint(model, *, create: bool):
 
         s3 = S3Options.from_env() if is_object_store(model.artifactUri) else None
         found = endpoint.deploy(name, model.artifactUri, replicas=model.getEndpointReplicas(), token=model._token(),
-                                port=model.getEndpointPort() or None, address=address, s3=s3,
-                                trusted_modules=model.getTrustedModules())
+                                host=model.getEndpointHost(), port=model.getEndpointPort() or None, address=address,
+                                s3=s3, trusted_modules=model.getTrustedModules())
         if not hasattr(model, "_created_endpoints"):
             model._created_endpoints = set()
         model._created_endpoints.add(name)

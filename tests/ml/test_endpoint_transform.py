@@ -127,6 +127,14 @@ def test_do_not_create_needs_an_existing_endpoint(ray_cluster, uri, data):
         model.setEndpointCreationPolicy("SOMETIMES")
 
 
+def test_a_routable_endpoint_host_needs_a_token_before_anything_is_deployed(ray_cluster, uri, data, monkeypatch):
+    monkeypatch.delenv("SPARKML_EXT_ENDPOINT_TOKEN", raising=False)
+    model = RayModel.fromArtifact(uri, endpointName="tx-open", endpointHost="0.0.0.0")
+    with pytest.raises(ValueError, match="'0.0.0.0' exposes endpoints beyond this machine: give them a bearer token"):
+        model.transform(data)
+    assert endpoint.get("tx-open") is None
+
+
 def test_create_on_construct_and_the_context_manager(ray_cluster, uri, data):
     expected = in_cluster(uri).transform(data)
     with RayModel(uri, endpointName="tx-ctx", endpointCreationPolicy="CREATE_ON_CONSTRUCT") as model:
