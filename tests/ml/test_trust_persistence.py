@@ -131,8 +131,10 @@ def test_trusted_modules_param_lets_executors_import_a_factory_the_artifact_name
     spark.sparkContext.addPyFile(str(file))  # importable in the executors, outside the tests' allow-list
     model = RayModel.fromArtifact(torch_artifact(tmp_path / "torch", f"{name}:factory"))
     df = features(spark, 3)
+    with pytest.raises(UntrustedCodeError, match=f"'{name}'.*trustedModules"):
+        scores(model, df)  # refused on the driver, before any Spark job
     with pytest.raises(PythonException, match=f"UntrustedCodeError.*'{name}'.*trustedModules"):
-        scores(model, df)
+        scores(model.copy().setNativeScoring(False), df)  # the executors refuse too
     assert not marker.exists()
     x = np.array([r.features.toArray() for r in df.orderBy("id").collect()])
     np.testing.assert_allclose(scores(model.setTrustedModules([name]), df), x.sum(axis=1) + 0.5, rtol=1e-5)

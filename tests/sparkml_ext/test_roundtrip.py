@@ -242,14 +242,14 @@ def test_sparse_rows_beyond_the_sample_stay_sparse(spark, tmp_path, monkeypatch,
     rows = [(Vectors.dense([float(i % 7), 0.0, -0.0, float("nan") if i == 5 else 1.0]), str(i)) for i in range(1500)]
     rows += [(Vectors.sparse(4, [1], [float(i)]), f"s{i}") for i in range(3)] + [(Vectors.sparse(4, [], []), "e")]
     df = spark.createDataFrame(rows, ["features", "uid"]).coalesce(1)
-    ch = write_channel(df, str(tmp_path / "late"), labelCol=None, uidCol="uid")
+    ch = write_channel(df, str(tmp_path / "late"), labelCol=None, uidCol="uid", training=False)  # NaN kept
     assert ch.sparse and ch.manifest.extra["sparse_rows"] == 4 and ch.feature_dim == 4
     back = {r.uid: r.features for r in read_recordio(spark, str(tmp_path / "late")).collect()}
     assert isinstance(back["s2"], SparseVector) and back["s2"] == Vectors.sparse(4, [1], [2.0])
     assert isinstance(back["e"], SparseVector) and isinstance(back["7"], DenseVector)
     assert np.isnan(back["5"][3]) and np.signbit(back["7"][2])
     dense_only = write_channel(df.where("uid not like 's%' and uid != 'e'"), str(tmp_path / "dense"),
-                               labelCol=None, uidCol="uid")
+                               labelCol=None, uidCol="uid", training=False)
     assert not dense_only.sparse and dense_only.manifest.extra["sparse_rows"] == 0
 
 
