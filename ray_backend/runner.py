@@ -22,11 +22,10 @@ _POLL_S = 0.5  # progress is shown this often while workers run
 
 @dataclass
 class RunOutcome:
-    """What a finished run left: rank 0's return value, attempts, the last progress snapshot."""
+    """What a finished run left: rank 0's return value and the attempts it took."""
 
     result: Any
     attempts: int
-    snapshot: dict[str, Any]
 
 
 class _WorkerDied(Exception):
@@ -47,7 +46,7 @@ def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_fail
 
     ray.get(board.start.remote(run_name, epochs, shape.num_workers, records_per_epoch))
     deadline = None if not timeout_s else time.monotonic() + timeout_s
-    attempt, snap = 0, {}
+    attempt = 0
     try:
         while True:
             attempt += 1
@@ -58,9 +57,9 @@ def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_fail
                 plan["attempt"] = attempt
                 payload = json.dumps(plan)
                 refs = [w.run.remote(entry, payload) for w in group.workers]
-                results, snap = _wait(refs, board, run_name, printer, on_progress, deadline)
+                results = _wait(refs, board, run_name, printer, on_progress, deadline)
                 healthy = True
-                return RunOutcome(result=results[0], attempts=attempt, snapshot=snap)
+                return RunOutcome(result=results[0], attempts=attempt)
             except _WorkerDied as exc:
                 if max_failures != -1 and attempt > max_failures:
                     raise JobError(f"job {plan['job_name']!r} failed: a worker died ({exc}) and max_failures="
@@ -78,21 +77,21 @@ def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_fail
 
 
 def _wait(refs: list[Any], board: Any, run_name: str, printer: progress.Printer,
-          on_progress: Callable[[dict[str, Any]], None] | None, deadline: float | None) -> tuple[list[Any], dict]:
+          on_progress: Callable[[dict[str, Any]], None] | None, deadline: float | None) -> list[Any]:
     """Every worker's result, showing progress meanwhile; raise _WorkerDied or JobError on a failure."""
     import ray
 
-    pending, snap = list(refs), {}
+    pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=_POLL_S, fetch_local=False)
         failed = _first_failure(done)
         if failed is not None:
             _settle(pending)
             _raise_failure(refs)
-        snap = _show(board, run_name, printer, on_progress) or snap
+        _show(board, run_name, printer, on_progress)
         if deadline is not None and time.monotonic() > deadline and pending:
             raise JobError(f"job {run_name!r} ran past its timeout")
-    return ray.get(refs), snap
+    return ray.get(refs)
 
 
 def _first_failure(done: list[Any]) -> Any:
@@ -136,16 +135,15 @@ def _raise_failure(refs: list[Any]) -> None:
 
 
 def _show(board: Any, run_name: str, printer: progress.Printer,
-          on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any] | None:
+          on_progress: Callable[[dict[str, Any]], None] | None) -> None:
     import ray
 
     try:
         snap = ray.get(board.snapshot.remote(run_name), timeout=10)
     except Exception:  # noqa: BLE001 (progress is best-effort; the job's outcome decides)
-        return None
+        return
     if snap is None:
-        return None
+        return
     printer.show(snap)
     if on_progress is not None:
         on_progress(snap)
-    return snap
