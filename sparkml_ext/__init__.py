@@ -1,6 +1,5 @@
 """sparkml_ext: Spark ML estimators that stage data as RecordIO-protobuf and train on Ray (imports stay light)."""
 
-from ray_backend import shutdown
 from sparkml_ext.datasource import register_data_source
 from sparkml_ext.reader import read_recordio
 from sparkml_ext.staging import Channel, ChannelValidationError, channel_uri, delete_job, write_channel
@@ -20,6 +19,18 @@ _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml
          **{name: "sparkml_ext.ml.xgboost" for name in (
              "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")}}
 __all__ += sorted(_LAZY)
+
+
+def shutdown() -> None:
+    """Release this process's warm worker groups and the staged data it keeps for reuse (both are also released
+    when idle and at exit); the Ray and Spark sessions stay."""
+    import sys
+
+    import ray_backend
+
+    ray_backend.shutdown()
+    if "sparkml_ext.staging.reuse" in sys.modules:
+        sys.modules["sparkml_ext.staging.reuse"].release_all()
 
 
 def __getattr__(name: str):

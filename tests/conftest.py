@@ -57,9 +57,9 @@ def ray_cluster():
     try:
         yield {"multinode": True, "nodes": 2}
     finally:
-        from ray_backend import shutdown
+        from sparkml_ext import shutdown
 
-        shutdown()  # the warm worker groups
+        shutdown()  # the warm worker groups and kept stagings
         ray.shutdown()
         cluster.shutdown()
 
@@ -100,6 +100,9 @@ def s3_server():
     bucket = "sparkml-ext-test"
     pafs.S3FileSystem(**opts.as_kwargs(), allow_bucket_creation=True).create_dir(bucket)
     yield opts, bucket
+    from sparkml_ext.staging import reuse
+
+    reuse.release_all()  # stagings kept for reuse on this server go before it does
     server.stop()
 
 

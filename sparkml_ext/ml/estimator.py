@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import tempfile
@@ -145,28 +146,28 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
     def _fit(self, dataset: DataFrame) -> RayModel:
         from ray_backend.algorithm import resolve
         from ray_backend.channels import ChannelSpec
-        from sparkml_ext.staging import channel_uri, delete_job, write_channel
+        from sparkml_ext.staging import reuse
 
         self._check_input(dataset)
         hyperparameters = self._hyperparameters()
         resolve(self._algorithm()).validate(hyperparameters)  # a bad name or value fails before any staging
         s3 = storage.S3Options.from_env()  # one source of S3 settings for staging, the Ray job and cleanup
         self._check_initial_model(s3)
-        staging = self.getStagingUri() or tempfile.mkdtemp(prefix="sparkml-ext-")
+        keep = self.getKeepStagingData()
+        staging = self.getStagingUri() or (tempfile.mkdtemp(prefix="sparkml-ext-") if keep
+                                           else reuse.default_staging())
         output = self.getOutputUri() or storage.join(staging, "output")
         job = f"{self._algorithm().split(':')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         label = self.getLabelCol() if self._needs_label else None
         train_df, val_df = self._split(dataset)
+        checks = {"invalid": "skip" if self.getHandleInvalid() == "skip" else "error",
+                  "label_values": _label_values(hyperparameters) if label else None}
+        options = (self.getFeaturesCol(), label, checks["invalid"], checks["label_values"], s3.endpoint_override)
         loader = _import_in_background(self._driver_modules())
-        try:
-            checks = {"invalid": "skip" if self.getHandleInvalid() == "skip" else "error",
-                      "label_values": _label_values(hyperparameters) if label else None}
-            train = write_channel(train_df, channel_uri(staging, job, "train"), self.getFeaturesCol(), label,
-                                  channel="train", s3=s3, **checks)
-            validation = None
-            if val_df is not None:
-                validation = write_channel(val_df, channel_uri(staging, job, "validation"), self.getFeaturesCol(),
-                                           label, channel="validation", s3=s3, **checks)
+        with reuse.staged(train_df, val_df, options, functools.partial(_stage, train_df, val_df, self.getFeaturesCol(),
+                                                                       label, s3, checks),
+                          staging=staging, s3=s3, keep=keep, reuse=self.getReuseStagedData(),
+                          scope=getattr(self, "_staging_scope", None)) as (train, validation):
             loader.join()  # no Ray work on this thread while that one may still be importing Ray's modules
             with _ray_address(self.getRayAddress(), dataset.sparkSession, self.getNumWorkers()) as address:
                 def channel(ch):
@@ -182,12 +183,33 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
                     idle_timeout_s=self.getOrDefault(self.workerIdleTimeout)
                     if self.isDefined(self.workerIdleTimeout) else None,
                     timeout_s=self.getTrainingTimeout() or None))
-        finally:
-            if not self.getKeepStagingData():
-                delete_job(staging, job, s3=s3)
         model = self._model_class()(result.model_uri)
         self._copyValues(model)
         return model
+
+    def fitMultiple(self, dataset: DataFrame, paramMaps):  # noqa: N802,N803 (Spark naming)
+        """Fit one model per param map (CrossValidator, TrainValidationSplit); all of them train on one staging of
+        `dataset` (per distinct staging options), deleted once the last model is fitted."""
+        from pyspark.ml.base import _FitMultipleIterator
+
+        from sparkml_ext.staging import reuse
+
+        estimator = self.copy()
+        estimator._staging_scope = reuse.Scope()
+        remaining = [len(paramMaps)]
+        lock = threading.Lock()
+
+        def fit_one(index: int) -> RayModel:
+            try:
+                return estimator.fit(dataset, paramMaps[index])
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    last = remaining[0] == 0
+                if last:
+                    reuse.end_scope(estimator._staging_scope)
+
+        return _FitMultipleIterator(fit_one, len(paramMaps))
 
     def _check_initial_model(self, s3: storage.S3Options | None) -> None:
         """Before staging anything: initialModelUri, when set, must be an artifact of this estimator's algorithm."""
@@ -225,6 +247,20 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
     @classmethod
     def read(cls) -> persistence.ParamsReader:
         return persistence.ParamsReader(cls)
+
+
+def _stage(train_df: DataFrame, val_df: DataFrame | None, features: str, label: str | None,
+           s3: storage.S3Options, checks: dict, staging: str, prefix: str):
+    """Write the train (and validation) channels under `<staging>/<prefix>/`."""
+    from sparkml_ext.staging import channel_uri, write_channel
+
+    train = write_channel(train_df, channel_uri(staging, prefix, "train"), features, label, channel="train",
+                          s3=s3, **checks)
+    validation = None
+    if val_df is not None:
+        validation = write_channel(val_df, channel_uri(staging, prefix, "validation"), features, label,
+                                   channel="validation", s3=s3, **checks)
+    return train, validation
 
 
 def _label_values(hyperparameters: dict) -> tuple[float, ...] | None:

@@ -115,6 +115,12 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                         typeConverter=_non_negative_int)
     keepStagingData = Param(Params._dummy(), "keepStagingData", "keep the staged channels after fit",
                             typeConverter=TypeConverters.toBoolean)
+    reuseStagedData = Param(Params._dummy(), "reuseStagedData",
+                            "reuse the staged copy of the same data in later fits of this process (fits of one "
+                            "fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's "
+                            "plan is deterministic and its input files are unchanged); kept stagings are deleted at "
+                            "sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones",
+                            typeConverter=TypeConverters.toBoolean)
     initialModelUri = Param(Params._dummy(), "initialModelUri",
                             "artifact of a model to continue training from (the 'model' channel, e.g. an earlier "
                             "model's artifactUri; same algorithm and feature size); empty means from scratch",
@@ -143,7 +149,8 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
         super().__init__(*args, **kwargs)
         self._setDefault(numWorkers=1, useGPU=False, resourcesPerWorker={}, backend="torch", rayAddress="local",
                          stagingUri="", outputUri="", trainingInputMode="File", dataDistribution="ShardedByKey",
-                         validationFraction=0.0, maxFailures=0, keepStagingData=False, initialModelUri="",
+                         validationFraction=0.0, maxFailures=0, keepStagingData=False, reuseStagedData=True,
+                         initialModelUri="",
                          showProgress=True, seed=0, handleInvalid="error", trainingTimeout=0.0)
 
 
