@@ -7,7 +7,6 @@ Spark ML's `prediction`/`probability`/`rawPrediction` plus SageMaker's `score`/`
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pyspark.ml.param import Param, Params
@@ -171,7 +170,7 @@ class _XGBoostEstimator(BuiltinEstimator, _XGBoostParams):
         from pyspark.ml.functions import array_to_vector
 
         feat = self.getFeaturesCol()
-        tmp = f"__sparkml_ext_features_weight_{uuid.uuid4().hex[:8]}"
+        tmp = "__sparkml_ext_features_weight"  # a fixed name: the same data gives the same plan (staging reuse)
 
         def assemble(df: DataFrame) -> DataFrame:
             # under names of ours: VectorAssembler reads a dot in an input column's name as a struct field
