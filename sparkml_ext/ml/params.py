@@ -155,9 +155,10 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
 
 
 def accessors(cls):
-    """Add Spark-style setX/getX methods for every Param declared on `cls` that lacks them."""
-    for name, param in list(vars(cls).items()):
-        if not isinstance(param, Param):
+    """Add Spark-style setX/getX methods for every Param `cls` has (its own or inherited, e.g. pyspark's
+    HasFeaturesCol, which defines no setter) that lacks them."""
+    for name in dir(cls):
+        if not isinstance(getattr(cls, name, None), Param):
             continue
         cap = name[0].upper() + name[1:]
         if not hasattr(cls, f"get{cap}"):

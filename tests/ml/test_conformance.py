@@ -1,48 +1,52 @@
-"""Estimator conformance, in the spirit of scikit-learn's check_estimator: every estimator in the package passes
-the same checks. A new estimator joins with one entry in ESTIMATORS."""
+"""Estimator conformance, in the spirit of scikit-learn's check_estimator: every estimator the package exports passes
+the same checks. The list is enumerated from `sparkml_ext.__all__`, so a new estimator is checked without anyone
+adding it; only estimators that cannot be built without arguments name them in SPECIAL."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from chispa import assert_df_equality
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml import Estimator, Model, Pipeline, PipelineModel
 from pyspark.ml.param import TypeConverters
 
-from sparkml_ext import (
-    PCA,
-    FactorizationMachinesBinaryClassifier,
-    KMeans,
-    LinearLearnerBinaryClassifier,
-    XGBoostClassifier,
-    XGBoostRegressor,
-)
+import sparkml_ext
 from sparkml_ext.ml.estimator import RayEstimator, RayModel
-from sparkml_ext.ml.torch_estimator import TorchEstimator
+from sparkml_ext.ml.sagemaker_params import camel
 from tests.ml.test_estimator import HP
 
-# name -> (factory taking a staging dir, Params that have no default on purpose)
-ESTIMATORS = {
-    "RayEstimator[linear-sgd]": (lambda staging: RayEstimator(algorithm="linear-sgd", hyperparameters=HP,
-                                                              stagingUri=staging), {"algorithm"}),
-    "TorchEstimator": (lambda staging: TorchEstimator(modelFactory="tests.ml.models:mlp", modelKwargs={"inputs": 30},
-                                                      loss="bce_with_logits", learningRate=0.01, epochs=5,
-                                                      batchSize=32, stagingUri=staging),
+# Fast settings, applied to every estimator that has the Param.
+FAST = {"epochs": 3, "mini_batch_size": 64, "num_round": 10, "max_depth": 3, "num_factors": 4, "k": 2,
+        "num_components": 3, "bias_lr": 0.01, "linear_lr": 0.01, "factors_lr": 0.01}
+# Estimators that need arguments: (Params to build with, Params that have no default on purpose).
+SPECIAL = {
+    "RayEstimator": ({"algorithm": "linear-sgd", "hyperparameters": HP}, {"algorithm"}),
+    "TorchEstimator": ({"modelFactory": "tests.ml.models:mlp", "modelKwargs": {"inputs": 30},
+                        "loss": "bce_with_logits", "learningRate": 0.01, "epochs": 5, "batchSize": 32},
                        {"modelFactory", "validationIndicatorCol"}),
-    # -- linear learner & factorization machines (issue 6) --
-    "LinearLearnerBinaryClassifier": (lambda staging: LinearLearnerBinaryClassifier(
-        epochs=3, mini_batch_size=64, stagingUri=staging), set()),
-    "FactorizationMachinesBinaryClassifier": (lambda staging: FactorizationMachinesBinaryClassifier(
-        num_factors=4, epochs=2, mini_batch_size=64, bias_lr=0.01, linear_lr=0.01, factors_lr=0.01,
-        stagingUri=staging), set()),
-    # -- k-means & pca (issue 6) --
-    "KMeans": (lambda staging: KMeans(k=2, mini_batch_size=100, stagingUri=staging), set()),
-    "PCA": (lambda staging: PCA(num_components=3, stagingUri=staging), set()),
-    # -- xgboost (issue 7) --
-    "XGBoostClassifier": (lambda staging: XGBoostClassifier(
-        num_round=10, max_depth=3, stagingUri=staging), {"weightCol"}),
-    "XGBoostRegressor": (lambda staging: XGBoostRegressor(
-        num_round=10, max_depth=3, stagingUri=staging), {"weightCol"}),
 }
+NO_DEFAULT = {"XGBoostClassifier": {"weightCol"}, "XGBoostRegressor": {"weightCol"}}
+
+
+def _exported(kind: type) -> dict[str, type]:
+    return {name: obj for name in sorted(sparkml_ext.__all__)
+            if inspect.isclass(obj := getattr(sparkml_ext, name)) and issubclass(obj, kind)}
+
+
+def _factory(name: str, cls: type):
+    params, required = SPECIAL.get(name, ({}, NO_DEFAULT.get(name, set())))
+
+    def build(staging: str):
+        probe = cls(**params)
+        return cls(**params, **{k: v for k, v in FAST.items() if probe.hasParam(k) and k not in params},
+                   stagingUri=staging)
+
+    return build, set(required)
+
+
+# name -> (factory taking a staging dir, Params that have no default on purpose)
+ESTIMATORS = {name: _factory(name, cls) for name, cls in _exported(RayEstimator).items()}
 NO_DEFAULT_ANYWHERE = {"validationIndicatorCol", "validationData", "workerIdleTimeout"}
 
 
@@ -123,3 +127,23 @@ def test_bad_input_fails_before_any_job(case, spark, tmp_path):
     with pytest.raises(ValueError, match="featuresCol 'features' not found"):
         est.fit(spark.createDataFrame([(1.0,)], ["label"]))
     assert not (tmp_path / "never").exists()
+
+
+def test_the_enumeration_finds_every_estimator():
+    assert {"LinearLearnerRegressor", "LinearLearnerMultiClassClassifier", "FactorizationMachinesRegressor",
+            "XGBoostClassifier", "KMeans", "PCA", "TorchEstimator"} <= set(ESTIMATORS)
+
+
+@pytest.mark.parametrize("name", sorted(_exported(Estimator) | _exported(Model)))
+def test_every_param_has_a_getter_and_a_setter(name):
+    cls = getattr(sparkml_ext, name)
+    obj = cls(**SPECIAL.get(name, ({}, set()))[0]) if issubclass(cls, Estimator) else cls()
+    for param in obj.params:
+        cap = camel(param.name) if "_" in param.name else param.name[0].upper() + param.name[1:]
+        getter, setter = getattr(obj, f"get{cap}", None), getattr(obj, f"set{cap}", None)
+        assert callable(getter) and callable(setter), f"{name}: get{cap}/set{cap}"
+        if obj.isDefined(param):
+            value = obj.getOrDefault(param)
+            assert setter(value) is obj and getter() == value, f"{name}.set{cap}"
+    if obj.hasParam("featuresCol"):
+        assert obj.setFeaturesCol("f").getFeaturesCol() == "f"
