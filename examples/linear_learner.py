@@ -45,9 +45,10 @@ def main() -> None:
     model = est.fit(train)
     scored = model.transform(test)
     auc = BinaryClassificationEvaluator(rawPredictionCol="rawPrediction").evaluate(scored)
-    state = model._meta()["state"]
-    print(f"binary: AUC {auc:.4f}; model {state['selected_model']} of {len(state['variants'])} selected "
-          f"({state['variants'][state['selected_model']]}), threshold {state['threshold_probability']:.3f}")
+    chosen = model.summary.selection
+    print(f"binary: AUC {auc:.4f} after {model.summary.totalIterations} epochs; model {chosen['selected_model']} of "
+          f"{len(chosen['variants'])} selected ({chosen['selected_variant']}, by {chosen['criterion']}), "
+          f"threshold {chosen['threshold_probability']:.3f}")
     scored.select("label", "score", "predicted_label", "probability").show(3, truncate=False)
 
     # Multiclass: num_classes is inferred from the labels; score/probability are per-class vectors.

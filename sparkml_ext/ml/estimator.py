@@ -338,6 +338,24 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             cls = _builtin_model_class(meta)
         return cls(uri, **params)
 
+    @property
+    def hasSummary(self) -> bool:  # noqa: N802 (Spark naming)
+        """Whether this model's artifact records its training (models we trained do; imported ones may not)."""
+        from sparkml_ext.ml import summary
+
+        return bool(self.artifactUri) and summary.from_meta(self._meta()) is not None
+
+    @property
+    def summary(self):
+        """A `TrainingSummary` of the fit: per-epoch metrics (`history`, `objectiveHistory`, `metric(name)`), the
+        kept variant (`selection`), `recordsSeen`, `trainingTime`, `attempts`; RuntimeError without one."""
+        from sparkml_ext.ml import summary
+
+        found = summary.from_meta(self._meta()) if self.artifactUri else None
+        if found is None:
+            raise RuntimeError(f"No training summary available for this {type(self).__name__}")
+        return found
+
     def _meta(self) -> dict:
         from ray_backend import artifact
 

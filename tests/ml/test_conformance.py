@@ -147,3 +147,25 @@ def test_every_param_has_a_getter_and_a_setter(name):
             assert setter(value) is obj and getter() == value, f"{name}.set{cap}"
     if obj.hasParam("featuresCol"):
         assert obj.setFeaturesCol("f").getFeaturesCol() == "f"
+
+
+def test_every_model_has_a_training_summary(case, cancer_vectors):
+    _, model, _ = case
+    assert model.hasSummary
+    summary = model.summary
+    assert summary.totalIterations == len(summary.history) >= 1
+    assert summary.attempts == 1 and summary.trainingTime > 0
+    assert summary.history[0].get("records", cancer_vectors.count()) == cancer_vectors.count()
+    if summary.algorithm == "linear-learner":
+        assert summary.selection["selected_variant"] == summary.selection["variants"][
+            summary.selection["selected_model"]]
+        assert len(summary.objectiveHistory) == summary.totalIterations
+    with pytest.raises(KeyError, match="no_such_metric.*reported"):
+        summary.metric("no_such_metric")
+
+
+def test_a_model_without_an_artifact_has_no_summary():
+    model = RayModel()
+    assert not model.hasSummary
+    with pytest.raises(RuntimeError, match="No training summary"):
+        _ = model.summary
