@@ -67,9 +67,31 @@ class RayModelParams(RayTrainingParams, HasProbabilityCol, HasRawPredictionCol):
                            "(built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with "
                            "the model", typeConverter=TypeConverters.toListString)
 
+    scoreCol = Param(Params._dummy(), "scoreCol",
+                     "column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or "
+                     "class probabilities, a regressor's prediction); empty leaves it out",
+                     typeConverter=TypeConverters.toString)
+    predictedLabelCol = Param(Params._dummy(), "predictedLabelCol",
+                              "column for a classifier's `predicted_label` output; empty leaves it out",
+                              typeConverter=TypeConverters.toString)
+    closestClusterCol = Param(Params._dummy(), "closestClusterCol",
+                              "column for k-means' `closest_cluster` output; empty leaves it out",
+                              typeConverter=TypeConverters.toString)
+    distanceToClusterCol = Param(Params._dummy(), "distanceToClusterCol",
+                                 "column for k-means' `distance_to_cluster` output; empty leaves it out",
+                                 typeConverter=TypeConverters.toString)
+    _OWN_OUTPUTS = {"score": "scoreCol", "predicted_label": "predictedLabelCol",
+                    "closest_cluster": "closestClusterCol", "distance_to_cluster": "distanceToClusterCol"}
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setDefault(nativeScoring=True, trustedModules=[])
+        self._setDefault(nativeScoring=True, trustedModules=[], scoreCol="score", predictedLabelCol="predicted_label",
+                         closestClusterCol="closest_cluster", distanceToClusterCol="distance_to_cluster")
+
+    def _own_output_name(self, output: str) -> str:
+        """The column an algorithm output named `output` (SageMaker's name) goes to: its Param, or its own name."""
+        param = self._OWN_OUTPUTS.get(output)
+        return self.getOrDefault(param) if param else output
 
 
 @accessors
@@ -379,9 +401,16 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
             scoring.CLUSTERING: [(self.getPredictionCol(), "closest_cluster")],
             scoring.PROJECTION: [],
         }[scoring.model_kind(outputs)]
-        own = [(name, name) for name in outputs if name not in derived]
-        return [(name, src, VectorUDT() if src in derived or widths.get(src) else DoubleType())
-                for name, src in spark_ml + own if name]
+        own = [(self._own_output_name(name), name) for name in outputs if name not in derived]
+        columns = [(name, src, VectorUDT() if src in derived or widths.get(src) else DoubleType())
+                   for name, src in spark_ml + own if name]
+        names = [name for name, _, _ in columns]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two outputs would both be written to column(s) {twice}: give predictionCol, "
+                             "probabilityCol, rawPredictionCol, scoreCol, predictedLabelCol, closestClusterCol, "
+                             "distanceToClusterCol different names (empty leaves an output out)")
+        return columns
 
     def _output_widths(self, meta: dict) -> dict[str, int]:
         """model.json's output widths; an artifact written before they were recorded is loaded once to find them."""
@@ -403,7 +432,8 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
         clash = [name for name, _, _ in columns if name in existing]
         if clash:
             raise ValueError(f"output column(s) {clash} already exist in the input; rename them or set "
-                             "predictionCol/probabilityCol/rawPredictionCol")
+                             "predictionCol/probabilityCol/rawPredictionCol/scoreCol/predictedLabelCol/"
+                             "closestClusterCol/distanceToClusterCol (empty leaves an output out)")
         feat = self.getFeaturesCol()
         if feat not in existing:
             raise ValueError(f"featuresCol {feat!r} not found; columns: {sorted(existing)}")

@@ -13,9 +13,13 @@ BACKENDS = ("torch", "horovod")
 HANDLE_INVALID = ("error", "skip", "keep")
 
 
+SAGEMAKER_ALIASES = {"ShardedByS3Key": "ShardedByKey"}  # SageMaker's S3DataDistributionType names
+
+
 def _one_of(name: str, allowed: tuple[str, ...]):
     def convert(value):
         value = TypeConverters.toString(value)
+        value = SAGEMAKER_ALIASES.get(value, value)
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         return value
@@ -102,7 +106,8 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                               "File (each worker copies its shards locally once) or Pipe (stream every epoch)",
                               typeConverter=_one_of("trainingInputMode", INPUT_MODES))
     dataDistribution = Param(Params._dummy(), "dataDistribution",
-                             "ShardedByKey (each worker reads its own shards) or FullyReplicated (all read all)",
+                             "ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is "
+                             "accepted) or FullyReplicated (all read all)",
                              typeConverter=_one_of("dataDistribution", DISTRIBUTIONS))
     validationFraction = Param(Params._dummy(), "validationFraction",
                                "fraction of rows held out as the validation channel (0 = none)",

@@ -111,6 +111,7 @@ def test_estimator_params_defaults_copy_and_explain():
         est.setTrainingInputMode("Stream")
     with pytest.raises(TypeError, match="no Param"):
         RayEstimator(numWorkerz=2)
+    assert est.setDataDistribution("ShardedByS3Key").getDataDistribution() == "ShardedByKey"  # SageMaker's name
 
 
 def test_the_job_driver_modules_load_on_a_background_thread(tmp_path, monkeypatch):
