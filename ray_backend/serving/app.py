@@ -70,10 +70,11 @@ class Reply:
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    error_type: str | None = None  # the Runtime API's error code of a refusal by the endpoint itself, not the model
 
 
-def _error(status: int, message: str) -> Reply:
-    return Reply(status, (message.rstrip() + "\n").encode())
+def _error(status: int, message: str, error_type: str | None = None) -> Reply:
+    return Reply(status, (message.rstrip() + "\n").encode(), error_type=error_type)
 
 
 def _internal_error(request_id: str) -> Reply:
@@ -112,10 +113,15 @@ Invoke = Callable[[bytes, str | None, str | None, dict, str, float], Awaitable[R
 
 
 async def handle_http(request: Any, *, token_sha256: str | None, limits: Limits, invoke: Invoke,
-                      on_reject: Callable[[int], None] = lambda status: None) -> Any:
+                      on_reject: Callable[[int], None] = lambda status: None,
+                      sigv4_keys: dict[str, str] | None = None) -> Any:
     """The container contract: GET /ping, POST /invocations (auth, body limits, then `invoke(body, content type,
-    accept, headers, request id, seconds left)`), anything else 404/405; `on_reject` hears of 401/408/413s."""
+    accept, headers, request id, seconds left)`), anything else 404/405; `on_reject` hears of 401/403/408/413s.
+    The same route is the Runtime API's `POST /endpoints/{name}/invocations`: a request from an AWS SDK gets the
+    Runtime API's answers (runtime_api.py)."""
     from starlette.responses import Response
+
+    from ray_backend.serving import runtime_api
 
     start = time.monotonic()
     path = _relative_path(request.scope)
@@ -126,31 +132,64 @@ async def handle_http(request: Any, *, token_sha256: str | None, limits: Limits,
     elif request.method != "POST":
         reply = _error(405, "use POST /invocations")
     else:
-        reply = await _invocation(request, start, token_sha256, limits, invoke, on_reject)
-    return Response(content=reply.body, status_code=reply.status, media_type=reply.content_type,
-                    headers=reply.headers)
+        reply = await _invocation(request, start, token_sha256, sigv4_keys, limits, invoke, on_reject)
+    status, body, content_type, headers = reply.status, reply.body, reply.content_type, reply.headers
+    if runtime_api.wants_runtime_api(request.headers):
+        status, body, content_type, headers = runtime_api.shape(status, body, content_type, headers,
+                                                                reply.error_type, request.headers)
+    return Response(content=body, status_code=status, media_type=content_type, headers=headers)
 
 
-async def _invocation(request: Any, start: float, token_sha256: str | None, limits: Limits, invoke: Invoke,
-                      on_reject: Callable[[int], None]) -> Reply:
-    if token_sha256 and not _authorized(request.headers.get("authorization"), token_sha256):
-        reply = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+async def _invocation(request: Any, start: float, token_sha256: str | None, sigv4_keys: dict[str, str] | None,
+                      limits: Limits, invoke: Invoke, on_reject: Callable[[int], None]) -> Reply:
+    from ray_backend.serving import sigv4
+
+    signed = sigv4.is_signed(request.headers)
+    if signed and sigv4_keys is None and token_sha256:
+        reply = _error(403, "this endpoint takes a bearer token, not AWS SigV4 signatures",
+                       "UnrecognizedClientException")
+    elif not signed and token_sha256 and not _authorized(request.headers.get("authorization"), token_sha256):
+        reply = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                       "MissingAuthenticationTokenException")
         reply.headers["WWW-Authenticate"] = "Bearer"
+    elif not signed and not token_sha256 and sigv4_keys is not None:
+        reply = _error(403, "missing AWS SigV4 signature (sign requests with an access key this endpoint knows)",
+                       "MissingAuthenticationTokenException")
     else:
         try:
             body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes), limits.request_timeout_s)
         except TimeoutError:
-            reply = _error(408, f"the request body did not arrive within {limits.request_timeout_s:g} s")
+            reply = _error(408, f"the request body did not arrive within {limits.request_timeout_s:g} s",
+                           "ValidationError")
         else:
-            if body is not None:
-                request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-                left = limits.request_timeout_s - (time.monotonic() - start)
-                return await invoke(body, request.headers.get("content-type"), request.headers.get("accept"),
-                                    dict(request.headers), request_id, left)
-            reply = _error(413, f"request body is over the endpoint's limit of {limits.max_body_bytes} bytes; "
-                                "send fewer records per request")
+            if body is None:
+                reply = _error(413, f"request body is over the endpoint's limit of {limits.max_body_bytes} bytes; "
+                                    "send fewer records per request", "ValidationError")
+            else:
+                reply = _check_signature(request, body, sigv4_keys) if signed and sigv4_keys is not None else None
+                if reply is None:
+                    request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+                    left = limits.request_timeout_s - (time.monotonic() - start)
+                    return await invoke(body, request.headers.get("content-type"), request.headers.get("accept"),
+                                        dict(request.headers), request_id, left)
     on_reject(reply.status)
     return reply
+
+
+def _check_signature(request: Any, body: bytes, keys: dict[str, str]) -> Reply | None:
+    """None when the request's SigV4 signature is right; else the 403 naming what is wrong."""
+    from ray_backend.serving import sigv4
+
+    scope = request.scope
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("path", "/")
+    query = scope.get("query_string", b"").decode("latin-1")
+    try:
+        sigv4.verify(sigv4.Request(request.method, path, query, {k.lower(): v for k, v in request.headers.items()},
+                                   body), keys)
+    except sigv4.SignatureError as exc:
+        return _error(403, str(exc), exc.code)
+    return None
 
 
 def _authorized(header: str | None, token_sha256: str) -> bool:
@@ -169,8 +208,9 @@ class ModelServer:
 
     def __init__(self, artifact_uri: str, *, variant: str = "AllTraffic", endpoint: str = "",
                  token_sha256: str | None = None, limits: Limits | None = None, s3: dict | None = None,
-                 trusted_modules: list[str] | None = None):
+                 trusted_modules: list[str] | None = None, sigv4_keys_file: str | None = None):
         from ray_backend.predictor import load_predictor
+        from ray_backend.serving import sigv4
         from recordio.storage import S3Options
 
         self.predictor = load_predictor(artifact_uri, s3=S3Options(**s3) if s3 else None,
@@ -178,13 +218,14 @@ class ModelServer:
         self.names = list(self.predictor.output_columns)
         self.artifact_uri, self.variant, self.endpoint = artifact_uri, variant, endpoint
         self.token_sha256, self.limits = token_sha256, limits or Limits()
+        self.sigv4_keys = sigv4.load_keys(sigv4_keys_file) if sigv4_keys_file else None
         # records per predict call: at most max_dense_bytes as dense float32 (one record when a record is larger)
         self.chunk_records = max(1, self.limits.max_dense_bytes // (4 * max(1, self.predictor.feature_dim)))
         self._registry: Any = None
 
     async def __call__(self, request: Any) -> Any:
         return await handle_http(request, token_sha256=self.token_sha256, limits=self.limits, invoke=self._invoke,
-                                 on_reject=lambda status: self._count(0, status))
+                                 on_reject=lambda status: self._count(0, status), sigv4_keys=self.sigv4_keys)
 
     async def _invoke(self, body: bytes, content_type: str | None, accept: str | None, headers: dict,
                       request_id: str, seconds: float) -> Reply:
@@ -258,14 +299,18 @@ class VariantRouter:
     """Ingress for weighted production variants: picks one per request (or the one the client targets)."""
 
     def __init__(self, variants: dict[str, Any], weights: dict[str, float], *, token_sha256: str | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, sigv4_keys_file: str | None = None):
+        from ray_backend.serving import sigv4
+
+        self.sigv4_keys = sigv4.load_keys(sigv4_keys_file) if sigv4_keys_file else None
         self.handles = variants
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
         self.token_sha256, self.limits = token_sha256, limits or Limits()
 
     async def __call__(self, request: Any) -> Any:
-        return await handle_http(request, token_sha256=self.token_sha256, limits=self.limits, invoke=self._invoke)
+        return await handle_http(request, token_sha256=self.token_sha256, limits=self.limits, invoke=self._invoke,
+                                 sigv4_keys=self.sigv4_keys)
 
     async def _invoke(self, body: bytes, content_type: str | None, accept: str | None, headers: dict,
                       request_id: str, seconds: float) -> Reply:
@@ -273,7 +318,8 @@ class VariantRouter:
 
         target = headers.get(TARGET_VARIANT_HEADER)
         if target is not None and target not in self.handles:
-            return _error(400, f"target variant {target!r} does not exist; variants: {', '.join(self.names)}")
+            return _error(400, f"target variant {target!r} does not exist; variants: {', '.join(self.names)}",
+                          "ValidationError")
         variant = target or random.choices(self.names, weights=self.weights)[0]
         response = self.handles[variant].score.remote(body, content_type, accept, request_id, seconds)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import socket
 import time
@@ -130,10 +131,11 @@ def is_loopback(host: str) -> bool:
 
 
 def require_token(host: str, token: str | None) -> None:
-    """Refuse to expose an endpoint beyond this machine without a bearer token."""
+    """Refuse to expose an endpoint beyond this machine without a bearer token (or SigV4 keys)."""
     if not token and not is_loopback(host):
         raise ValueError(f"binding {host!r} exposes endpoints beyond this machine: give them a bearer token "
-                         f"(deploy(token=...); the CLI reads ${TOKEN_ENV} or --token-file), or bind 127.0.0.1")
+                         f"(deploy(token=...); the CLI reads ${TOKEN_ENV} or --token-file) or SigV4 keys "
+                         "(deploy(sigv4_keys_file=...)), or bind 127.0.0.1")
 
 
 def start(host: str = "127.0.0.1", port: int | None = None, *, address: str | None = None,
@@ -217,7 +219,7 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
            retry_after_s: float = 1.0, ready_timeout_s: float = READY_TIMEOUT_S, host: str = "127.0.0.1",
            port: int | None = None, route_prefix: str | None = None, address: str | None = None, s3: Any = None,
            ssl_certfile: str | None = None, ssl_keyfile: str | None = None, replace: bool = False,
-           trusted_modules: list[str] | None = None) -> Endpoint:
+           trusted_modules: list[str] | None = None, sigv4_keys_file: str | None = None) -> Endpoint:
     """Deploy an artifact (or weighted `variants`) as endpoint `name`; returns it once every replica is ready.
 
     Everything is checked (name, token for a non-loopback `host`, limits, artifacts with their checksums,
@@ -226,9 +228,18 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
     `request_timeout_s` seconds (504); per deployment, `max_ongoing_requests` per replica and
     `max_queued_requests` waiting (then 503 with `Retry-After: retry_after_s`). Replicas not all running after
     `ready_timeout_s` (e.g. `num_cpus` the cluster does not have free) → TimeoutError naming the resources asked
-    and free, and nothing stays deployed. TLS: `ssl_certfile`/`ssl_keyfile`, see `start`."""
+    and free, and nothing stays deployed. TLS: `ssl_certfile`/`ssl_keyfile`, see `start`.
+
+    Auth: a bearer `token`, and/or AWS SigV4 (`sigv4_keys_file`: a JSON file {access key id: secret} every replica
+    reads at start, so the secrets never enter Serve's config), which lets AWS SDKs (boto3's `sagemaker-runtime`
+    `invoke_endpoint` with `endpoint_url=` the Serve address) call `POST /endpoints/{name}/invocations`."""
     validate_name(name)
-    require_token(host, token)
+    if sigv4_keys_file:
+        from ray_backend.serving import sigv4
+
+        sigv4.load_keys(sigv4_keys_file)  # readable and well-formed before Ray is touched
+        sigv4_keys_file = os.path.abspath(os.path.expanduser(sigv4_keys_file))
+    require_token(host, token or sigv4_keys_file)
     if variants is None:
         if not artifact_uri:
             raise ValueError("deploy needs artifact_uri or variants")
@@ -257,7 +268,8 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
         delete(name)
     prefix = route_prefix.rstrip("/")
     info = {"name": name, "url": f"{base}{prefix}/invocations", "ping_url": f"{base}{prefix}/ping",
-            "route_prefix": route_prefix, "auth": bool(token),
+            "route_prefix": route_prefix, "auth": bool(token or sigv4_keys_file),
+            "auth_modes": [m for m, on in (("bearer", token), ("sigv4", sigv4_keys_file)) if on],
             "limits": {**dataclasses.asdict(limits), "max_ongoing_requests": max_ongoing_requests,
                        "max_queued_requests": max_queued_requests}, **checked}
     registry = ray.remote(Registry).options(name=name, namespace=REGISTRY_NAMESPACE, lifetime="detached",
@@ -275,12 +287,13 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
                  else {"num_replicas": v.replicas})
         servers[v.name] = serve.deployment(ModelServer).options(name=f"variant-{v.name}", **common, **scale).bind(
             v.artifact_uri, variant=v.name, endpoint=name, token_sha256=digest, limits=limits, s3=s3_dict,
-            trusted_modules=list(trusted_modules or []))
+            trusted_modules=list(trusted_modules or []), sigv4_keys_file=sigv4_keys_file)
     if len(servers) == 1:
         app = next(iter(servers.values()))
     else:
         app = serve.deployment(VariantRouter).options(name="router", **common).bind(
-            servers, {v.name: float(v.weight) for v in variants}, token_sha256=digest, limits=limits)
+            servers, {v.name: float(v.weight) for v in variants}, token_sha256=digest, limits=limits,
+            sigv4_keys_file=sigv4_keys_file)
     try:
         serve.run_many([serve.RunTarget(app, name=name, route_prefix=route_prefix)],
                        wait_for_applications_running=False)
