@@ -229,6 +229,10 @@ class ModelServer:
 
     async def _invoke(self, body: bytes, content_type: str | None, accept: str | None, headers: dict,
                       request_id: str, seconds: float) -> Reply:
+        target = headers.get(TARGET_VARIANT_HEADER)
+        if target is not None and target != self.variant:
+            return _error(400, f"target variant {target!r} does not exist; variants: {self.variant}",
+                          "ValidationError")
         return await self.score(body, content_type, accept, request_id, seconds)
 
     async def score(self, body: bytes, content_type: str | None, accept: str | None, request_id: str,

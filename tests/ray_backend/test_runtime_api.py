@@ -84,7 +84,12 @@ def test_boto3_invoke_endpoint_every_content_type_and_variant(runtime):
 def test_an_open_endpoint_answers_boto3_too(runtime):
     client = runtime["client"]("AKIDANY", "any-secret")  # no auth configured: any signer is served
     x = features(3)
-    out = client.invoke_endpoint(EndpointName="rt-open", Body=_bodies(x)["csv"][1], ContentType=protocol.CSV)
+    out = client.invoke_endpoint(EndpointName="rt-open", Body=_bodies(x)["csv"][1], ContentType=protocol.CSV,
+                                 TargetVariant="AllTraffic")
+    assert out["InvokedProductionVariant"] == "AllTraffic"
+    with pytest.raises(client.exceptions.ValidationError, match="'B' does not exist"):
+        client.invoke_endpoint(EndpointName="rt-open", Body=_bodies(x)["csv"][1], ContentType=protocol.CSV,
+                               TargetVariant="B")
     np.testing.assert_allclose(protocol.decode_response(out["Body"].read(), out["ContentType"])["score"],
                                runtime["A"].predict(x)["score"], rtol=1e-6)
 
