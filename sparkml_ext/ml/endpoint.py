@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -33,6 +34,11 @@ CREATE_ON_CONSTRUCT, CREATE_ON_TRANSFORM, DO_NOT_CREATE = "CREATE_ON_CONSTRUCT",
 POLICIES = (CREATE_ON_CONSTRUCT, CREATE_ON_TRANSFORM, DO_NOT_CREATE)
 TOKEN_ENV = "SPARKML_EXT_ENDPOINT_TOKEN"
 MAX_BACKOFF_S = 10.0
+SAGEMAKER_MAX_BODY_BYTES = 6 * 1024 * 1024  # InvokeEndpoint's payload limit
+# error codes AWS SDKs retry as throttling (botocore's list); SageMaker answers them with a 4xx
+THROTTLING_CODES = {"ThrottlingException", "ThrottledException", "RequestThrottledException",
+                    "TooManyRequestsException", "RequestLimitExceeded", "LimitExceededException", "RequestThrottled",
+                    "SlowDown"}
 
 
 def _policy(value) -> str:
@@ -69,6 +75,18 @@ class EndpointParams(Params):
     endpointUrl = Param(Params._dummy(), "endpointUrl",
                         "score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is "
                         "appended unless present); takes precedence over endpointName", typeConverter=_url)
+    sagemakerEndpointName = Param(Params._dummy(), "sagemakerEndpointName",
+                                  "score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, "
+                                  "requests signed with SigV4 by botocore from each executor's own AWS credential "
+                                  "chain; bodies at most 6 MB; throttling retried); takes precedence over "
+                                  "endpointUrl and endpointName", typeConverter=TypeConverters.toString)
+    sagemakerRegion = Param(Params._dummy(), "sagemakerRegion",
+                            "AWS region of sagemakerEndpointName; empty = the executors' default region "
+                            "(AWS_REGION, AWS_DEFAULT_REGION, the profile)", typeConverter=TypeConverters.toString)
+    sagemakerRuntimeUrl = Param(Params._dummy(), "sagemakerRuntimeUrl",
+                                "base URL of the SageMaker Runtime API; empty = AWS's "
+                                "https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or "
+                                "one of our endpoints' Serve address)", typeConverter=_url)
     endpointCreationPolicy = Param(Params._dummy(), "endpointCreationPolicy",
                                    "when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is "
                                    "constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or "
@@ -100,7 +118,8 @@ class EndpointParams(Params):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._setDefault(endpointName="", endpointUrl="", endpointCreationPolicy=CREATE_ON_TRANSFORM,
+        self._setDefault(endpointName="", endpointUrl="", sagemakerEndpointName="", sagemakerRegion="",
+                         sagemakerRuntimeUrl="", endpointCreationPolicy=CREATE_ON_TRANSFORM,
                          endpointReplicas=1, endpointPort=0, endpointHost="127.0.0.1",
                          maxBatchBytes=5 * 1024 * 1024, maxBatchRecords=10_000,
                          maxConcurrentRequests=4, requestTimeout=60.0, maxRetries=6, retryBackoff=0.2)
@@ -114,8 +133,8 @@ class EndpointParams(Params):
         return getattr(self, "_endpoint_token", None) or os.environ.get(TOKEN_ENV) or None
 
     def usesEndpoint(self) -> bool:  # noqa: N802 (Spark naming)
-        """True when transform scores through an endpoint (endpointUrl or endpointName set)."""
-        return bool(self.getEndpointUrl() or self.getEndpointName())
+        """True when transform scores through an endpoint (sagemakerEndpointName, endpointUrl or endpointName set)."""
+        return bool(self.getSagemakerEndpointName() or self.getEndpointUrl() or self.getEndpointName())
 
     def createEndpoint(self):  # noqa: N802 (Spark naming)
         """Deploy this model's artifact as endpoint `endpointName` (if it is not there yet); returns self."""
@@ -199,7 +218,13 @@ def resolve(model, config: dict, columns: list) -> dict:
     """RayModel._transform's endpoint branch: resolve the endpoint (creation policy) on the driver and return the
     scorers' config: the in-cluster one (already validated) plus URL, token and the request Params."""
     meta = model._meta()
-    if model.getEndpointUrl():
+    sagemaker = None
+    max_bytes = model.getMaxBatchBytes()
+    if model.getSagemakerEndpointName():
+        sagemaker = sagemaker_target(model.getSagemakerEndpointName(), model.getSagemakerRegion(),
+                                     model.getSagemakerRuntimeUrl())
+        url, max_bytes = sagemaker["url"], min(max_bytes, SAGEMAKER_MAX_BODY_BYTES)
+    elif model.getEndpointUrl():
         url = invocation_url(model.getEndpointUrl())
     else:
         found = _ensure_endpoint(model, create=model.getEndpointCreationPolicy() == CREATE_ON_TRANSFORM)
@@ -208,11 +233,30 @@ def resolve(model, config: dict, columns: list) -> dict:
                              f"{found.output_columns}; this model has {meta['feature_dim']} and "
                              f"{meta['output_columns']}")
         url = found.url
-    return {**config, "url": url, "token": model._token(), "feature_dim": int(meta["feature_dim"]),
+    return {**config, "url": url, "token": None if sagemaker else model._token(), "sagemaker": sagemaker,
+            "feature_dim": int(meta["feature_dim"]),
             "vector_sources": [src for _, src, t in columns if isinstance(t, VectorUDT)],
-            "max_batch_bytes": model.getMaxBatchBytes(), "max_batch_records": model.getMaxBatchRecords(),
+            "max_batch_bytes": max_bytes, "max_batch_records": model.getMaxBatchRecords(),
             "max_concurrent": model.getMaxConcurrentRequests(), "timeout": model.getRequestTimeout(),
             "max_retries": model.getMaxRetries(), "backoff": model.getRetryBackoff()}
+
+
+def sagemaker_target(name: str, region: str, runtime_url: str) -> dict:
+    """Where InvokeEndpoint for SageMaker endpoint `name` goes: {"url", "region"}; checked on the driver."""
+    from urllib.parse import quote
+
+    if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name):
+        raise ValueError(f"sagemakerEndpointName {name!r} is not a SageMaker endpoint name (letters, digits and "
+                         "hyphens, at most 63)")
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or ""
+    if not region:
+        import botocore.session
+
+        region = botocore.session.get_session().get_config_variable("region") or ""
+    if not region:
+        raise ValueError("sagemakerRegion is not set and no default AWS region is configured")
+    base = (runtime_url or f"https://runtime.sagemaker.{region}.amazonaws.com").rstrip("/")
+    return {"url": f"{base}/endpoints/{quote(name, safe='')}/invocations", "region": region}
 
 
 # ---------------------------------------------------------------- the client (runs inside Spark tasks)
@@ -229,7 +273,7 @@ class EndpointClient:
     """POSTs bodies to one endpoint over keep-alive connections (one per thread), with retries."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, max_retries: int = 6,
-                 backoff: float = 0.2, accept: str = protocol.RECORDIO):
+                 backoff: float = 0.2, accept: str = protocol.RECORDIO, sigv4_region: str | None = None):
         parts = urlsplit(invocation_url(url))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint URL must be http(s)://host[:port]/...; got {url!r}")
@@ -240,6 +284,7 @@ class EndpointClient:
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         self._local = threading.local()
+        self._signer = _Signer(sigv4_region) if sigv4_region else None
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -261,6 +306,8 @@ class EndpointClient:
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
+                if self._signer is not None:  # signed per attempt: a SigV4 signature is only valid for minutes
+                    headers = self._signer.sign(self.url, body, {**self.headers, "Content-Type": content_type})
                 conn = self._connection()
                 conn.request("POST", self.path, body=body, headers=headers)
                 resp = conn.getresponse()
@@ -272,8 +319,10 @@ class EndpointClient:
                 if resp.status == 200:
                     return data, resp.getheader("Content-Type") or protocol.RECORDIO
                 message = data.decode("utf-8", errors="replace").strip()[:2000]
-                if resp.status != 429 and resp.status < 500:
-                    raise EndpointError(f"endpoint {self.url} answered {resp.status}: {message}", resp.status)
+                code = (resp.getheader("x-amzn-ErrorType") or "").split(":")[0]
+                if resp.status != 429 and resp.status < 500 and code not in THROTTLING_CODES:
+                    raise EndpointError(f"endpoint {self.url} answered {resp.status}"
+                                        f"{f' ({code})' if code else ''}: {message}", resp.status)
                 last = f"HTTP {resp.status}: {message}"
                 retry_after = resp.getheader("Retry-After")
             if attempt < self.max_retries:
@@ -298,6 +347,28 @@ class EndpointClient:
         if not outputs or wrong:
             raise EndpointError(f"endpoint {self.url} answered {records} records with {wrong or 'no outputs'}")
         return outputs
+
+
+class _Signer:
+    """SigV4 for InvokeEndpoint with the credentials this process finds itself (botocore's chain: environment,
+    profile, container or instance role), refreshed as botocore refreshes them; nothing comes from the driver."""
+
+    def __init__(self, region: str):
+        import botocore.session
+
+        self.region = region
+        self.credentials = botocore.session.get_session().get_credentials()
+        if self.credentials is None:
+            raise EndpointError("no AWS credentials found on this executor for the SageMaker endpoint (environment, "
+                                "profile or instance role)")
+
+    def sign(self, url: str, body, headers: dict[str, str]) -> dict[str, str]:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method="POST", url=url, data=bytes(body), headers=headers)
+        SigV4Auth(self.credentials.get_frozen_credentials(), "sagemaker", self.region).add_auth(request)
+        return dict(request.headers.items())
 
 
 def request_bodies(matrix, max_records: int, max_bytes: int) -> list[tuple[memoryview, int]]:
@@ -361,7 +432,8 @@ def _scored(cfg: dict, items: Iterator, features_of: Callable) -> Iterator[tuple
     each item's requests go out concurrently and consecutive items overlap (at most 2x maxConcurrentRequests
     requests in flight)."""
     client = EndpointClient(cfg["url"], token=cfg["token"], timeout=cfg["timeout"],
-                            max_retries=cfg["max_retries"], backoff=cfg["backoff"])
+                            max_retries=cfg["max_retries"], backoff=cfg["backoff"],
+                            sigv4_region=(cfg.get("sagemaker") or {}).get("region"))
     pool = ThreadPoolExecutor(cfg["max_concurrent"], thread_name_prefix="sparkml-ext-endpoint")
     window: deque[tuple[object, np.ndarray, list[Future]]] = deque()
     in_flight = 0
