@@ -5,14 +5,18 @@ Runtime API with SigV4 verification on; the request shape is checked against wha
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from chispa import assert_df_equality
 
+import recordio
 from ray_backend.serving import endpoint, protocol
-from sparkml_ext.ml.endpoint import EndpointError, _Signer, sagemaker_target
+from sparkml_ext.ml.endpoint import EndpointClient, EndpointError, _Signer, sagemaker_target
 from sparkml_ext.ml.estimator import RayModel
 from tests.ray_backend.helpers import linear_artifact
 
@@ -106,3 +110,50 @@ def test_a_bad_sagemaker_endpoint_name_or_missing_region_fails_early(monkeypatch
     with pytest.raises(ValueError, match="sagemakerRegion is not set"):
         sagemaker_target("good-name", "", "")
     assert issubclass(EndpointError, RuntimeError)
+
+
+class _SageMakerLike(BaseHTTPRequestHandler):
+    """Answers with the next (status, error code) of `script` the way the Runtime API does; then a valid score."""
+
+    script: list[tuple[int, str]] = []
+    hits = 0
+
+    def do_POST(self):  # noqa: N802 (http.server API)
+        type(self).hits += 1
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status, code = self.script.pop(0) if self.script else (200, "")
+        if status == 200:
+            payload = bytes(protocol.encode_outputs({"score": np.zeros(len(recordio.scan_frames(body)),
+                                                                       np.float32)}, ["score"]))
+        else:
+            payload = json.dumps({"message": f"scripted {code}"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", protocol.RECORDIO if status == 200 else "application/json")
+        if code:
+            self.send_header("x-amzn-ErrorType", f"{code}:")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_throttling_is_retried_and_a_model_error_is_not(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SageMakerLike)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = sagemaker_target("scripted", "us-east-1", f"http://127.0.0.1:{server.server_address[1]}")["url"]
+        body = bytes(recordio.encode_dense(np.zeros((3, 2), np.float32)))
+        _SageMakerLike.script, _SageMakerLike.hits = [(400, "ThrottlingException"), (429, "")], 0
+        client = EndpointClient(url, max_retries=3, backoff=0.01, sigv4_region="us-east-1")
+        assert client.predict(body, 3)["score"].shape == (3,) and _SageMakerLike.hits == 3
+        _SageMakerLike.script, _SageMakerLike.hits = [(424, "ModelError")], 0
+        with pytest.raises(EndpointError, match=r"424 \(ModelError\).*scripted ModelError"):
+            client.predict(body, 3)
+        assert _SageMakerLike.hits == 1
+    finally:
+        server.shutdown()
+        server.server_close()
