@@ -70,6 +70,9 @@ class Algorithm(ABC):
     requires_label: ClassVar[bool] = True
     # Set when the algorithm trains through its own job runner (its import path), not ray_backend.job.run_job.
     trained_by: ClassVar[str | None] = None
+    # Whether every epoch's checkpointed state is a usable model, so the driver may stop training after any epoch
+    # (a cooperative stop, `runner.Watch`); False where intermediate epochs are not models (PCA's sketch passes).
+    stoppable: ClassVar[bool] = True
 
     def __init__(self, hyperparameters: dict[str, Any], feature_dim: int):
         self.hyperparameters = self.validate(dict(hyperparameters))

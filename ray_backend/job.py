@@ -1,5 +1,6 @@
 """Run a training job on a warm worker group (`ray_backend.worker_group`): validate inputs, run every worker on its
-channel slices, checkpoint every epoch, resume after a worker dies, then write the model artifact."""
+channel slices, checkpoint every epoch, resume after a worker dies, then write the model artifact. A job the driver
+asks to stop (`runner.Watch`) ends after an epoch's checkpoint, which becomes the model."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ class JobResult:
     attempts: int
     timings: dict[str, float]
     meta: dict[str, Any]
+
+
+class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by `end_epoch` once the driver asked the job to stop: the worker's harness catches it and the epoch
+    just checkpointed is the model (no algorithm needs to know)."""
 
 
 def _as_channel(value: ChannelSpec | str | None, name: str) -> ChannelSpec | None:
@@ -239,6 +245,8 @@ def train_on_worker(plan: dict[str, Any], info: worker_group.WorkerInfo) -> str 
         slices = assign(manifest, world, spec.distribution)[rank]
         readers[name] = ChannelReader(name, spec, manifest, slices, s3=s3, local_root=plan["local_dir"])
     final: list[str | None] = [plan.get("resume")]
+    algo_cls = resolve(plan["algorithm"])
+    stoppable = bool(plan.get("stoppable")) and algo_cls.stoppable
 
     def end_epoch(epoch: int, metrics: dict[str, float], epoch_state: ModelState) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -249,14 +257,18 @@ def train_on_worker(plan: dict[str, Any], info: worker_group.WorkerInfo) -> str 
                 plan["checkpoints"], epoch, {STATE_TENSORS: artifact.tensors_to_bytes(epoch_state.tensors)},
                 {"epoch": epoch, "history": history, "collective": collective.backend,
                  "algorithm": plan["algorithm_name"], "state": epoch_state.meta}, s3)
+        # every worker asks, after rank 0 committed the epoch; the board gives them all the same answer
+        if stoppable and epoch < plan["epochs"] - 1 and reporter.should_stop(epoch):
+            raise StopTraining(epoch)
 
-    algo_cls = resolve(plan["algorithm"])
     algo = algo_cls(plan["hyperparameters"], readers["train"].feature_dim)
     tctx = TrainContext(rank=rank, world_size=world, collective=collective, channels=readers,
                         backend=plan["backend"], device=info.device, start_epoch=start_epoch, state=state,
                         resumed=resumed, end_epoch=end_epoch, progress=reporter.progress)
     try:
         algo.train(tctx)
+    except StopTraining:
+        pass  # the driver's cooperative stop: the epoch just checkpointed is the model
     finally:
         for r in readers.values():
             r.close()

@@ -1,5 +1,7 @@
 """Job progress: a Ray actor workers push to (epochs, records, loss, worker pids) and a driver-side printer
-(a one-line bar on a terminal, log lines otherwise)."""
+(a one-line bar on a terminal, log lines otherwise). The actor also carries the driver's cooperative stop: once the
+driver asks a job to stop, the first epoch (or boosting round) whose end any worker reports from then on is its
+last, the same epoch for every worker."""
 
 from __future__ import annotations
 
@@ -28,6 +30,21 @@ class ProgressState:
         self.loss: float | None = None
         self.last_rate = 0.0  # records/s of the last finished epoch, shown until the next one has records
         self.history: list[dict[str, float]] = []
+        self.stop_requested = False
+        self.stop_decisions: dict[int, bool] = {}  # epoch -> whether it is the last, fixed at its first question
+        self.stopped_at: int | None = None
+
+    def request_stop(self) -> None:
+        """The driver asks the job to end after the next epoch any worker finishes."""
+        self.stop_requested = True
+
+    def should_stop(self, epoch: int) -> bool:
+        """Whether training ends after `epoch`: decided when the first worker asks, so all workers agree."""
+        if epoch not in self.stop_decisions:
+            self.stop_decisions[epoch] = self.stop_requested
+            if self.stop_requested and self.stopped_at is None:
+                self.stopped_at = epoch
+        return self.stop_decisions[epoch]
 
     def worker_started(self, rank: int, pid: int, node: str, start_epoch: int) -> None:
         if rank == 0:
@@ -58,7 +75,8 @@ class ProgressState:
         return {"epochs": self.epochs, "epoch": self.epoch, "attempts": self.attempts, "starts": list(self.starts),
                 "workers": {str(k): v for k, v in self.workers.items()}, "records": done,
                 "records_per_epoch": self.records_per_epoch, "records_per_s": rate,
-                "loss": self.loss, "history": list(self.history), "elapsed_s": time.time() - self.started}
+                "loss": self.loss, "history": list(self.history), "elapsed_s": time.time() - self.started,
+                "stop_requested": self.stop_requested, "stopped_at": self.stopped_at}
 
 
 class ProgressBoard:
@@ -87,6 +105,13 @@ class ProgressBoard:
 
     def snapshot(self, run: str) -> dict[str, Any] | None:
         return self.jobs[run].snapshot() if run in self.jobs else None
+
+    def request_stop(self, run: str) -> None:
+        if run in self.jobs:
+            self.jobs[run].request_stop()
+
+    def should_stop(self, run: str, epoch: int) -> bool:
+        return self.jobs[run].should_stop(epoch) if run in self.jobs else False
 
 
 _BOARD_NAME = "sparkml-ext-progress"
@@ -136,6 +161,12 @@ class Reporter:
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
         self.actor.epoch_end.remote(self.run, metrics)
+
+    def should_stop(self, epoch: int) -> bool:
+        """Whether the driver asked this job to end after `epoch` (the same answer on every worker)."""
+        import ray
+
+        return bool(ray.get(self.actor.should_stop.remote(self.run, epoch)))
 
 
 class Printer:

@@ -17,7 +17,9 @@ _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml
          "KMeans": "sparkml_ext.ml.kmeans", "KMeansModel": "sparkml_ext.ml.kmeans",
          "PCA": "sparkml_ext.ml.pca", "PCAModel": "sparkml_ext.ml.pca",
          **{name: "sparkml_ext.ml.xgboost" for name in (
-             "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")}}
+             "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")},
+         **{name: "sparkml_ext.ml.tuning" for name in (
+             "HyperparameterTuner", "TunerModel", "ContinuousParameter", "IntegerParameter", "CategoricalParameter")}}
 __all__ += sorted(_LAZY)
 
 

@@ -134,6 +134,7 @@ class PCA(Algorithm):
     """Principal components in one pass; outputs SageMaker's `projection` (num_components per record)."""
 
     name = "pca"
+    stoppable = False  # its passes checkpoint a sketch, not a model
     version = "1"
     requires_label = False
 

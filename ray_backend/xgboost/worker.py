@@ -1,7 +1,8 @@
 """An XGBoost job's part on one warm worker (`ray_backend.worker_group`): join xgboost's collective (a Rabit tracker
 in rank 0, its address shared over the group's torch.distributed), read this rank's rows, resume from the newest
 checkpoint or warm-start, boost; rank 0 reports every round and checkpoints the booster (model.ubj) with its
-history every checkpoint_frequency rounds and at the end."""
+history every checkpoint_frequency rounds and at the end. A cooperative stop from the driver (`runner.Watch`) ends
+boosting after the round every worker is told, the same one on all (xgboost's collective needs them in step)."""
 
 from __future__ import annotations
 
@@ -140,7 +141,9 @@ class _Rounds(TrainingCallback):
         self._record(done)
         if self.rank == 0 and done % self.plan["checkpoint_frequency"] == 0:
             self._save(model, done)
-        return False
+        # the driver's cooperative stop: True ends xgb.train, and after_training checkpoints this round as the model
+        return (bool(self.plan.get("stoppable")) and done < self.plan["total_rounds"]
+                and self.reporter.should_stop(done - 1))
 
     def after_training(self, model: Any) -> Any:
         # xgboost 2.0 keeps callbacks in a set and stops calling them at the first that says stop, so the last

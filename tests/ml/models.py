@@ -9,3 +9,8 @@ def mlp(inputs: int, hidden: int = 16, outputs: int = 1):
 
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, outputs))
+
+
+def broken_mlp(inputs: int, hidden: int = 16, outputs: int = 1):
+    """A factory that always fails when the workers call it (a trial that fails at run time)."""
+    raise ValueError("broken_mlp always fails")
