@@ -18,8 +18,9 @@ _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml
          "PCA": "sparkml_ext.ml.pca", "PCAModel": "sparkml_ext.ml.pca",
          **{name: "sparkml_ext.ml.xgboost" for name in (
              "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")},
-         **{name: "sparkml_ext.ml.tuning" for name in (
-             "HyperparameterTuner", "TunerModel", "ContinuousParameter", "IntegerParameter", "CategoricalParameter")}}
+         "HyperparameterTuner": "sparkml_ext.ml.tuning", "TunerModel": "sparkml_ext.ml.tuning",
+         **{name: "sparkml_ext.ml.ranges" for name in ("ContinuousParameter", "IntegerParameter",
+                                                       "CategoricalParameter")}}
 __all__ += sorted(_LAZY)
 
 

@@ -96,7 +96,7 @@ def test_ranges_map_search_coordinates_into_their_bounds():
     assert IntegerParameter(1, 1000).grid(4) == [1, 10, 100, 1000] and IntegerParameter(2, 4).grid(9) == [2, 3, 4]
     cat = CategoricalParameter([16, "auto", True])
     assert [cat.value(i) for i in cat.grid(0)] == [16, "auto", True]
-    from sparkml_ext.ml.tuning import range_from_json
+    from sparkml_ext.ml.ranges import range_from_json
 
     for r in (rev, IntegerParameter(1, 9, "Linear"), cat):
         assert range_from_json(r.to_json()) == r
