@@ -1,8 +1,10 @@
 """Engine benchmark: tiny-job overhead (call → artifact) and per-epoch records/s on N x 50 dense data with
-1 and 2 workers, Pipe and File input modes (linear-sgd, allreduce per mini-batch).
+1 and 2 workers, Pipe and File input modes (linear-sgd, allreduce per mini-batch; or Linear Learner's defaults:
+8 models, 1,000-record mini-batches, compiled dense steps, File mode reading decoded arrays after epoch 1).
 
     .venv/bin/python benchmarks/bench_engine.py            # 1,000,000 x 50
     .venv/bin/python benchmarks/bench_engine.py --quick    # 100,000 x 50, fewer repeats
+    .venv/bin/python benchmarks/bench_engine.py --only throughput --algorithm linear-learner --rows 500000 --epochs 3
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=2, help="epochs per throughput job (the last is reported)")
     ap.add_argument("--mini-batch-size", type=int, default=1000)
-    ap.add_argument("--algorithm", choices=("linear-sgd", "mlp"), default="linear-sgd",
-                    help="throughput model: linear-sgd (dim weights, communication-bound) or an MLP with two "
-                         "hidden layers (bring-your-own torch, DDP; compute-bound)")
+    ap.add_argument("--algorithm", choices=("linear-sgd", "mlp", "linear-learner"), default="linear-sgd",
+                    help="throughput model: linear-sgd (dim weights, communication-bound), an MLP with two "
+                         "hidden layers (bring-your-own torch, DDP; compute-bound) or Linear Learner (regressor, "
+                         "its defaults, every epoch run)")
     ap.add_argument("--hidden", type=int, default=512, help="MLP hidden layer width")
     ap.add_argument("--gloo", action="store_true",
                     help="CPU workers on one node exchange over gloo (TCP) instead of shared memory")
@@ -120,6 +123,9 @@ def _throughput_model(args: argparse.Namespace) -> tuple[str, dict]:
     if args.algorithm == "mlp":
         return "torch", {"module": "benchmarks.models:mlp", "module_kwargs": {"dim": args.dim, "hidden": args.hidden},
                          "loss": "mse", "optimizer": "sgd", "learning_rate": 0.01, "batch_size": args.mini_batch_size}
+    if args.algorithm == "linear-learner":
+        return "linear-learner", {"predictor_type": "regressor", "mini_batch_size": args.mini_batch_size,
+                                  "early_stopping_patience": args.epochs}
     return "linear-sgd", {"mini_batch_size": args.mini_batch_size, "learning_rate": 0.01}
 
 

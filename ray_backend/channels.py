@@ -1,8 +1,13 @@
 """Channels: read a channel by its manifest and stream this worker's records, in Pipe or File input mode; every
-shard's sha256 is checked against the manifest (File: while copied; Pipe: while streamed, at the shard's end)."""
+shard's sha256 is checked against the manifest (File: while copied; Pipe: while streamed, at the shard's end).
+
+File mode also keeps the decoded chunks of a complete epoch in memory when they fit (`_cache_budget`: a quarter of
+the memory available when the first epoch is read), so later epochs hand out arrays without reading or decoding
+bytes; Pipe mode streams every epoch and keeps its memory flat."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -27,6 +32,28 @@ FILE = "File"
 INPUT_MODES = (PIPE, FILE)
 _DECODE_TARGET_BYTES = 8 << 20  # decoded batch size the streaming reader aims for
 _COPY_CHUNK = 8 << 20
+_CACHE_SHARE = 0.25  # File mode: decoded chunks are kept while they fit in this share of the available memory
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable; elsewhere physical memory / 2)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _nbytes(chunk: Chunk) -> int:
+    x = chunk.features
+    size = x.nbytes if isinstance(x, np.ndarray) else x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+    return int(size + (0 if chunk.labels is None else chunk.labels.nbytes))
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,8 @@ class ChannelReader:
         self._local_root = local_root
         self._local_dir: str | None = None
         self._sha = {s.path: s.sha256 for s in manifest.shards}
+        self._cache: list[Chunk] | None = None  # File mode: a whole epoch's decoded chunks, once read
+        self._cache_off = False  # File mode: the epoch did not fit the budget, so it streams from disk
 
     @property
     def records(self) -> int:
@@ -188,8 +217,40 @@ class ChannelReader:
                         pass
                     self._check_sha(s.path, stream.sha)
 
+    @property
+    def cached(self) -> bool:
+        """Whether epochs are served from decoded arrays in memory (File mode, after one complete epoch)."""
+        return self._cache is not None
+
+    def _cache_budget(self) -> int:
+        return int(_available_memory() * _CACHE_SHARE)
+
     def chunks(self) -> Iterator[Chunk]:
-        """One epoch of this worker's records, decoded by a background thread `read_ahead` chunks ahead."""
+        """One epoch of this worker's records. File mode: the first complete epoch's decoded chunks are kept
+        when they fit the budget and later epochs yield those same arrays (read-only by convention: consumers
+        must not modify a chunk in place); otherwise decoded by a background thread `read_ahead` chunks ahead."""
+        if self._cache is not None:
+            yield from self._cache
+            return
+        keep = self.spec.input_mode == FILE and not self._cache_off
+        budget = self._cache_budget() if keep else 0
+        kept: list[Chunk] = []
+        size = 0
+        with contextlib.closing(self._stream()) as stream:  # a consumer that stops early stops the thread
+            for chunk in stream:
+                if keep:
+                    size += _nbytes(chunk)
+                    if size <= budget:
+                        kept.append(chunk)
+                    else:
+                        keep, kept = False, []
+                        self._cache_off = True
+                yield chunk
+        if keep:  # reached only when the consumer read the whole epoch
+            self._cache = kept
+
+    def _stream(self) -> Iterator[Chunk]:
+        """One epoch decoded by a background thread `read_ahead` chunks ahead."""
         q: queue.Queue = queue.Queue(maxsize=self.spec.read_ahead)
         stop = threading.Event()
         done = object()
@@ -236,7 +297,8 @@ class ChannelReader:
                                                                               min(a + batch_size, n))
 
     def close(self) -> None:
-        """Remove the File-mode local copy, if any."""
+        """Drop the decoded chunks and remove the File-mode local copy, if any."""
+        self._cache = None
         if self._local_dir is not None:
             shutil.rmtree(self._local_dir, ignore_errors=True)
             self._local_dir = None

@@ -29,6 +29,13 @@ AUTO_LR = {"adam": 0.02, "rmsprop": 0.01, "sgd": 0.1}
 LR_MULTS = (1.0, 0.3, 3.0, 0.1, 10.0, 0.03, 30.0, 0.01, 100.0)
 WD_AUTO = (0.0, 1e-4, 1e-3, 1e-2)
 HIST_BINS, HIST_LO, HIST_HI = 1200, -12.0, 12.0  # logit histogram for threshold tuning and AUC
+COMPILED = True  # dense data on CPU trains through the compiled steps of `_dense_steps` (False: torch only)
+BLOCK_BATCHES = 16  # mini-batches per compiled call
+# Early stopping without a validation channel compares the training loss of each epoch's last quarter (the model
+# as the epoch leaves it); the whole epoch's mean also counts the first epoch's start, so the second epoch always
+# looked like an improvement and a run converged in one pass still took 2 + patience epochs.
+TAIL_FRACTION = 0.25
+AUTO_SCHEDULE_MIN_STEPS = 300  # the auto lr schedule spans one pass but at least this many steps (if planned)
 
 SPEC: dict[str, tuple[Any, Any]] = {
     "predictor_type": (None, choice(*PREDICTOR_TYPES)),
@@ -214,6 +221,9 @@ class _Run:
         self.centered = bool(np.any(np.asarray(center) != 0))
         self._center_np, self._scale_np = np.asarray(center, np.float64), np.asarray(scale, np.float64)
         self._init_params(resumed)
+        self.compiled = COMPILED and self.dev.type == "cpu" and not self.reader.manifest.sparse
+        if self.compiled:
+            self._init_compiled()
 
     # settings ------------------------------------------------------------------------------------------------
 
@@ -272,11 +282,64 @@ class _Run:
                      wd=self._per_column([x * bias_wd for x in wds]))
         if resumed:
             self.opt.load(state.tensors)
-        # auto schedule: 100 decays of 3% spread over the planned steps (lr ends at ~5% of its start)
-        steps = max(1, math.ceil(self.reader.manifest.records / hp["mini_batch_size"])) * hp["epochs"]
-        self.sched_every = hp["lr_scheduler_step"] if hp["lr_scheduler_step"] != AUTO else max(1, steps // 100)
+        # auto schedule: 100 decays of 3% over one pass (global steps; at least AUTO_SCHEDULE_MIN_STEPS, never more
+        # than epochs x steps per epoch), whatever `epochs` says: a large channel's first pass ends at ~5% of the
+        # lr and already converges, and early stopping ends the run `early_stopping_patience` epochs later. Spread
+        # over all the planned steps, the first epochs ran at a high lr whose noise cost quality and kept the
+        # loss improving just enough to defeat early stopping. (Small high-dimensional sparse data — the
+        # 2,000-feature test, 80 steps a pass — needs its decays spread over more steps than one pass.)
+        per_epoch = max(1, math.ceil(self.reader.manifest.records / hp["mini_batch_size"]))
+        horizon = min(per_epoch * hp["epochs"], max(per_epoch, AUTO_SCHEDULE_MIN_STEPS))
+        self.sched_every = hp["lr_scheduler_step"] if hp["lr_scheduler_step"] != AUTO else max(1, horizon // 100)
         self.sched_factor = hp["lr_scheduler_factor"] if hp["lr_scheduler_factor"] != AUTO else 0.97
         self.sched_min = hp["lr_scheduler_minimum_lr"] if hp["lr_scheduler_minimum_lr"] != AUTO else 1e-5
+
+    def _init_compiled(self) -> None:
+        """Settings and numpy views (shared memory) of the parameters and optimizer slots for the compiled steps."""
+        from ray_backend.algorithms import _dense_steps as ds
+
+        hp, opt = self.hp, self.opt
+        min_lr = min(v["learning_rate"] for v in self.variants)
+        self._icfg, self._fcfg = ds.settings(
+            models=self.M, classes=self.C, loss=ds.LOSS_CODES[hp["loss"]], optimizer=ds.OPTIMIZER_CODES[opt.kind],
+            bias=hp["use_bias"], centered=self.centered, update=1, scheduler=hp["use_lr_scheduler"],
+            sched_every=self.sched_every, world=self.coll.world_size,
+            kind={BINARY: ds.KIND_BINARY, MULTICLASS: ds.KIND_MULTICLASS, REGRESSOR: ds.KIND_REGRESSOR}[self.kind],
+            top_k=min(hp["accuracy_top_k"], self.C), has_momentum="m" in opt.slots["W"] and opt.kind == "sgd",
+            weighted=self.kind == BINARY and self.pos_weight != 1.0, bins=HIST_BINS, beta_1=opt.beta_1,
+            beta_2=opt.beta_2, eps=opt.eps, momentum=opt.momentum, margin=hp["margin"], quantile=hp["quantile"],
+            insensitivity=hp["loss_insensitivity"], huber=hp["huber_delta"], pos_weight=self.pos_weight,
+            y_mean=self.y_mean, y_std=self.y_std, sched_factor=self.sched_factor,
+            sched_min=self.sched_min / min_lr if min_lr > 0 else 0.0, hist_lo=HIST_LO, hist_hi=HIST_HI)
+        self._eval_icfg = self._icfg.copy()
+        self._eval_icfg[ds.I_UPDATE] = 0
+        none, none1 = np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+        slots = {name: {k: v.numpy() for k, v in opt.slots[name].items()} for name in ("W", "b")}
+        lr, wd, l1 = (c.numpy() for c in opt.config["W"])
+        blr, bwd = (c.numpy() for c in opt.config["b"][:2])
+        self._views = dict(W=self.W.numpy(), b=self.b.numpy(), mW=slots["W"].get("m", none),
+                           vW=slots["W"].get("v", none), mb=slots["b"].get("m", none1),
+                           vb=slots["b"].get("v", none1), lrW=lr, wdW=wd, l1W=l1, lrb=blr, wdb=bwd,
+                           center=self.center.numpy(), scale=self.scale.numpy())
+
+    def _compiled(self, block: sgd.DenseBlock, stats: _Stats, update: bool) -> None:
+        from ray_backend.algorithms import _dense_steps as ds
+
+        v = self._views
+        icfg = self._icfg if update else self._eval_icfg
+        self.opt.t = ds.steps(block.x, block.y, block.order, block.lo, block.hi, block.batch_size, v["W"], v["b"],
+                              v["mW"], v["vW"], v["mb"], v["vb"], v["lrW"], v["wdW"], v["l1W"], v["lrb"], v["wdb"],
+                              v["center"], v["scale"], icfg, self._fcfg, self.opt.t, stats.n.numpy(),
+                              stats.loss.numpy(), stats.extra.numpy(), stats.hist.numpy())
+
+    def _batches(self, reader: Any, batch_size: int, seed: int | None, tail_from: float = math.inf) -> Any:
+        """An epoch of `reader`: compiled-step blocks (dense data on CPU; cut where the epoch's last part begins,
+        so both kinds of step mark it at the same mini-batch) or torch mini-batches."""
+        if self.compiled:
+            per_block = min(BLOCK_BATCHES, self.hp["sync_every"])  # model averaging comes between blocks
+            return sgd.iter_blocks(reader, batch_size, per_block, seed=seed, label_check=self._label_check(),
+                                   cut_at=tail_from)
+        return sgd.iter_batches(reader, batch_size, device=self.dev, seed=seed, label_check=self._label_check())
 
     def _from_original(self, w: np.ndarray, b: np.ndarray) -> tuple[Any, Any]:
         import torch
@@ -324,7 +387,11 @@ class _Run:
         bc = self.b - self.center @ Wc if self.centered else self.b
         return batch.mm(Wc) + bc
 
-    def _step(self, batch: sgd.Batch, stats: _Stats) -> None:
+    def _step(self, batch: sgd.Batch | sgd.DenseBlock, stats: _Stats) -> None:
+        stats.mark_tail()
+        if isinstance(batch, sgd.DenseBlock):
+            self._compiled(batch, stats, update=True)
+            return
         z = self._forward(batch)
         y = self._target(batch.y)
         loss, g = loss_and_grad(self.hp, z, y, self.M, self.C)
@@ -364,8 +431,10 @@ class _Run:
 
         stats = _Stats(self)
         with torch.no_grad():
-            for batch in sgd.iter_batches(reader, max(self.hp["mini_batch_size"], 8192), device=self.dev,
-                                          label_check=self._label_check()):
+            for batch in self._batches(reader, max(self.hp["mini_batch_size"], 8192), None):
+                if isinstance(batch, sgd.DenseBlock):
+                    self._compiled(batch, stats, update=False)
+                    continue
                 z = self._forward(batch)
                 loss, _ = loss_and_grad(self.hp, z, self._target(batch.y), self.M, self.C, need_grad=False)
                 stats.add(z, batch.y, loss)
@@ -376,14 +445,12 @@ class _Run:
 
         ctx, hp = self.ctx, self.hp
         state = ctx.state
-        check = self._label_check()
         for epoch in range(ctx.start_epoch, self.algo.epochs):
             t0 = time.perf_counter()
-            stats = _Stats(self)
+            stats = _Stats(self, tail_from=self.reader.records * (1.0 - TAIL_FRACTION))
             rounds = sgd.sync_rounds(self.coll, self.reader.records, hp["mini_batch_size"], hp["sync_every"])
             seed = (epoch * 7919 + ctx.rank) if hp["shuffle"] else None
-            batches = sgd.iter_batches(self.reader, hp["mini_batch_size"], device=self.dev, seed=seed,
-                                       label_check=check)
+            batches = self._batches(self.reader, hp["mini_batch_size"], seed, stats.tail_from)
             with torch.no_grad():
                 sgd.data_parallel_epoch(self.reader, self.coll, batches, functools.partial(self._step, stats=stats),
                                         self._sync, rounds, functools.partial(self._progress, epoch, stats))
@@ -400,8 +467,10 @@ class _Run:
                 metrics.update(prefixed("validation", self, val, sel["model"]))
                 metrics[f"validation_{sel['criterion']}"] = sel["value"]
                 progress = sel["value"]  # higher is better
-            else:
-                progress = -float(train["loss"][sel["model"]] / max(train["n"], 1))
+            else:  # the best model's training loss over the epoch's last part: the models as the epoch leaves them
+                tail = train["tail_loss"] / max(train["tail_n"], 1)
+                metrics["train_loss_last_part"] = float(tail[sel["model"]])
+                progress = -float(tail.min())
             stop = self._early_stop(progress)
             final = stop or epoch == self.algo.epochs - 1
             state = self._state(sel, final)
@@ -514,10 +583,12 @@ def loss_and_grad(hp: dict[str, Any], z: Any, y: Any, M: int, C: int, need_grad:
 class _Stats:
     """Per-model sums over an epoch or a validation pass, reduced across workers in one allreduce."""
 
-    def __init__(self, run: _Run):
+    def __init__(self, run: _Run, tail_from: float = 0.0):
         import torch
 
         self.run, self.M, self.C = run, run.M, run.C
+        self.tail_from = tail_from  # records of this worker after which the epoch's last part begins
+        self.tail_start: tuple[Any, Any] | None = None  # (n, loss) when it began
         dev, f64 = run.dev, torch.float64
         self.n = torch.zeros(1, dtype=f64, device=dev)
         self.loss = torch.zeros(run.M, dtype=f64, device=dev)
@@ -557,18 +628,27 @@ class _Stats:
             self.extra[:M] += (r * r).sum(0)
             self.extra[M:] += r.abs().sum(0)
 
+    def mark_tail(self) -> None:
+        """Before a step: remember the sums so far when this worker's records reach the epoch's last part."""
+        if self.tail_start is None and float(self.n[0]) >= self.tail_from:
+            self.tail_start = (self.n.clone(), self.loss.clone())
+
     def running_loss(self) -> float:
         return float(self.loss[0] / max(float(self.n[0]), 1.0))
 
     def reduce(self, collective: Any) -> dict[str, np.ndarray]:
         import torch
 
-        flat = torch.cat([self.n, self.loss, self.extra, self.hist.to(torch.float64)])
+        # no mark: this worker's last step began before the last part (or it had no records): its whole epoch
+        n0, loss0 = self.tail_start if self.tail_start is not None else (0.0 * self.n, 0.0 * self.loss)
+        flat = torch.cat([self.n - n0, self.loss - loss0, self.n, self.loss, self.extra, self.hist.to(torch.float64)])
         if collective.world_size > 1:
             flat = torch.as_tensor(collective.allreduce(flat))
         flat = flat.detach().cpu().numpy()
         M = self.M
-        return {"n": float(flat[0]), "loss": flat[1:1 + M], "extra": flat[1 + M:]}
+        tail, flat = flat[:1 + M], flat[1 + M:]
+        return {"n": float(flat[0]), "loss": flat[1:1 + M], "extra": flat[1 + M:], "tail_n": float(tail[0]),
+                "tail_loss": tail[1:]}
 
 
 def _binary_curves(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:

@@ -187,21 +187,81 @@ def iter_batches(reader: Any, batch_size: int, *, device: Any = "cpu", seed: int
         perm = rng.permutation(n) if rng is not None else None
         if perm is not None:
             x, y = x[perm], y[perm]
-        ty = torch.from_numpy(y).to(device)
         if isinstance(x, np.ndarray):
+            ty = torch.from_numpy(y).to(device)
             tx = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
             for a in range(0, n, batch_size):
                 b = min(a + batch_size, n)
                 yield Batch(n=b - a, y=ty[a:b], dense=tx[a:b])
             continue
-        indptr = np.asarray(x.indptr, dtype=np.int64)
-        rows = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))).to(device)
-        cols = torch.from_numpy(np.asarray(x.indices, dtype=np.int64)).to(device)
-        vals = torch.from_numpy(np.asarray(x.data, dtype=np.float32)).to(device)
-        for a in range(0, n, batch_size):
-            b = min(a + batch_size, n)
-            lo, hi = int(indptr[a]), int(indptr[b])
-            yield Batch(n=b - a, y=ty[a:b], rows=rows[lo:hi] - a, cols=cols[lo:hi], vals=vals[lo:hi])
+        yield from _csr_batches(x, y, batch_size, device)
+
+
+def _csr_batches(x: Any, y: np.ndarray, batch_size: int, device: Any) -> Iterator[Batch]:
+    import torch
+
+    n = x.shape[0]
+    ty = torch.from_numpy(y).to(device)
+    indptr = np.asarray(x.indptr, dtype=np.int64)
+    rows = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))).to(device)
+    cols = torch.from_numpy(np.asarray(x.indices, dtype=np.int64)).to(device)
+    vals = torch.from_numpy(np.asarray(x.data, dtype=np.float32)).to(device)
+    for a in range(0, n, batch_size):
+        b = min(a + batch_size, n)
+        lo, hi = int(indptr[a]), int(indptr[b])
+        yield Batch(n=b - a, y=ty[a:b], rows=rows[lo:hi] - a, cols=cols[lo:hi], vals=vals[lo:hi])
+
+
+@dataclass
+class DenseBlock:
+    """Consecutive mini-batches of one dense chunk for a compiled step: records order[lo:hi] of x (x[lo:hi] when
+    `order` is empty), cut every `batch_size` records from the chunk's start as `iter_batches` cuts them."""
+
+    x: np.ndarray  # (records, d) float32, C-contiguous: the whole chunk
+    y: np.ndarray  # (records,) float32
+    order: np.ndarray  # int64 permutation of the chunk's records, or empty (no shuffle)
+    lo: int
+    hi: int
+    batch_size: int
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+
+def iter_blocks(reader: Any, batch_size: int, batches_per_block: int, *, seed: int | None = None,
+                label_check: Callable[[np.ndarray], None] | None = None,
+                cut_at: float = math.inf) -> Iterator[DenseBlock | Batch]:
+    """One epoch for compiled CPU steps: dense chunks as `DenseBlock`s of up to `batches_per_block` mini-batches,
+    holding the same mini-batches, shuffled the same way, as `iter_batches` with the same seed; sparse chunks as
+    torch `Batch`es (CSR, never densified). A block also ends before the first mini-batch that starts at or after
+    `cut_at` records of the epoch. Nothing is copied for a dense chunk that is already float32."""
+    rng = np.random.default_rng(seed) if seed is not None else None
+    no_order = np.zeros(0, np.int64)
+    start = 0  # records of the epoch before this chunk
+    for chunk in reader.chunks():
+        x, n = chunk.features, chunk.num_records
+        if n == 0:
+            continue
+        y = _labels(chunk, reader.name, label_check)
+        perm = rng.permutation(n) if rng is not None else None
+        if not isinstance(x, np.ndarray):
+            yield from _csr_batches(x if perm is None else x[perm], y if perm is None else y[perm], batch_size,
+                                    "cpu")
+            start += n
+            continue
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        order = no_order if perm is None else perm.astype(np.int64, copy=False)
+        step = batch_size * max(1, batches_per_block)
+        cut = max(0, math.ceil((cut_at - start) / batch_size) * batch_size) if cut_at < math.inf else n
+        a = 0
+        while a < n:
+            b = min(a + step, n)
+            if a < cut < b:
+                b = cut
+            yield DenseBlock(x, y, order, a, b, batch_size)
+            a = b
+        start += n
 
 
 # -- scaling statistics ---------------------------------------------------------------------------------------
@@ -459,11 +519,12 @@ def sync_rounds(collective: Any, local_records: int, batch_size: int, sync_every
     return max(1, int(np.asarray(collective.allreduce(np.array([mine], dtype=np.int64), "max"))[0]))
 
 
-def data_parallel_epoch(reader: Any, collective: Any, batches: Iterator[Batch], step: Callable[[Batch], None],
+def data_parallel_epoch(reader: Any, collective: Any, batches: Iterator[Any], step: Callable[[Any], None],
                         sync: Callable[[float], None], rounds: int,
                         progress: Callable[[int], None] | None = None) -> int:
-    """Run `step` on every local mini-batch; call `sync(weight)` (which must average the model) `rounds` times,
-    spread evenly over this worker's records, the same number of times on every worker. Returns records seen."""
+    """Run `step` on every local mini-batch (or `DenseBlock` of them); call `sync(weight)` (which must average the
+    model) `rounds` times, spread evenly over this worker's records, the same number of times on every worker
+    (after the step that crosses each point). Returns records seen."""
     local = reader.records
     seen, done, since = 0, 0, 0
     for i, batch in enumerate(batches):
@@ -473,7 +534,7 @@ def data_parallel_epoch(reader: Any, collective: Any, batches: Iterator[Batch], 
         while done < rounds and seen * rounds >= (done + 1) * local:
             sync(float(since))
             since, done = 0, done + 1
-        if progress is not None and i % 64 == 0:
+        if progress is not None and (i % 64 == 0 or isinstance(batch, DenseBlock)):
             progress(seen)
     while done < rounds:  # workers with fewer records (or none) still take part in every round
         sync(float(since))

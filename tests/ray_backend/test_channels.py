@@ -138,6 +138,50 @@ def test_read_ahead_is_bounded(tmp_path):
     it.close()
 
 
+def test_file_mode_decodes_once_and_pipe_mode_streams_every_epoch(tmp_path):
+    """File mode keeps a complete epoch's decoded chunks and hands the same arrays out again without reading bytes;
+    a partial epoch, Pipe mode, or an epoch over the memory budget keeps nothing."""
+    uri = write_channel(tmp_path / "train", id_parts([50, 17, 33]))
+    manifest = load_manifest(uri)
+    slices = assign(manifest, 1, SHARDED_BY_KEY)[0]
+
+    def reader(mode: str) -> ChannelReader:
+        r = ChannelReader("train", ChannelSpec(uri, input_mode=mode), manifest, slices)
+        r.streams = 0
+        stream = r._stream
+
+        def counted():
+            r.streams += 1
+            yield from stream()
+
+        r._stream = counted
+        return r
+
+    file = reader("File")
+    next(iter(file.chunks()))  # a consumer that stops early (e.g. the scaling pre-pass)
+    assert not file.cached
+    first = list(file.chunks())
+    assert file.cached and file.streams == 2
+    again = list(file.chunks())
+    assert file.streams == 2 and all(a.features is b.features and a.labels is b.labels
+                                     for a, b in zip(first, again, strict=True))
+    assert np.array_equal(np.concatenate([c.features[:, 0] for c in file.batches(7)]), np.arange(100))
+    file.close()
+    assert not file.cached
+
+    pipe = reader("Pipe")
+    for _ in range(2):
+        assert sum(c.num_records for c in pipe.chunks()) == 100
+    assert not pipe.cached and pipe.streams == 2
+
+    tight = reader("File")
+    tight._cache_budget = lambda: 1000  # bytes: less than one epoch's arrays
+    for _ in range(3):
+        assert sum(c.num_records for c in tight.chunks()) == 100
+    assert not tight.cached and tight.streams == 3
+    tight.close()
+
+
 def upload_channel(local: str, s3, bucket: str, key: str) -> str:
     """Copy a local channel directory to s3://bucket/key; return its URI."""
     import pyarrow.fs as pafs

@@ -183,6 +183,62 @@ def test_warm_start_begins_at_the_trained_model(logistic):
     np.testing.assert_allclose(warm.state.tensors["weights"], trained.state.tensors["weights"], atol=1e-3)
 
 
+@pytest.mark.parametrize("hp", [
+    {"predictor_type": "binary_classifier", "positive_example_weight_mult": "balanced", "l1": 1e-3},
+    {"predictor_type": "binary_classifier", "loss": "hinge_loss", "optimizer": "sgd", "momentum": 0.5},
+    {"predictor_type": "regressor", "loss": "huber_loss", "optimizer": "rmsprop", "use_bias": False},
+    {"predictor_type": "regressor", "loss": "quantile_loss", "normalize_data": False, "shuffle": False},
+    {"predictor_type": "multiclass_classifier", "num_classes": 3, "wd": 0.01},
+])
+def test_compiled_dense_steps_match_the_torch_steps(tmp_path, monkeypatch, hp):
+    from ray_backend.algorithms import _dense_steps
+
+    rng = np.random.default_rng(11)
+    x = (rng.normal(size=(3000, 8)) * rng.uniform(0.5, 3, 8) + rng.normal(size=8)).astype(np.float32)
+    z = x @ rng.normal(size=8)
+    y = {"binary_classifier": (z > np.median(z)).astype(np.float32), "regressor": (3 * z + 7).astype(np.float32),
+         "multiclass_classifier": (np.digitize(z, np.quantile(z, [0.3, 0.7]))).astype(np.float32)}
+    train = write_channel(tmp_path / "d", split(x, y[hp["predictor_type"]], 3))
+    val = write_channel(tmp_path / "v", [(x[:500], y[hp["predictor_type"]][:500])], channel="validation")
+    hp = {**hp, "epochs": 3, "mini_batch_size": 64, "early_stopping_patience": 5}
+    calls = []
+    steps = _dense_steps.steps
+    monkeypatch.setattr(_dense_steps, "steps", lambda *a: calls.append(1) or steps(*a))
+    runs = {}
+    for compiled in (False, True):
+        monkeypatch.setattr(ll, "COMPILED", compiled)
+        runs[compiled] = train_local(hp, train, val if hp["predictor_type"] != "regressor" else None)
+        assert bool(calls) == compiled
+    (torch_algo, torch_hist, _), (algo, hist, _) = runs[False], runs[True]
+    np.testing.assert_allclose(algo.state.tensors["weights"], torch_algo.state.tensors["weights"], rtol=2e-4, atol=2e-5)
+    assert [m["selected_model"] for m in hist] == [m["selected_model"] for m in torch_hist]
+    for key in ("train_loss", "train_loss_last_part", "validation_loss", "train_auc", "train_rmse",
+                "train_accuracy", "train_top_k_accuracy"):
+        if key in torch_hist[-1]:
+            assert hist[-1][key] == pytest.approx(torch_hist[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_defaults_stop_soon_after_the_first_pass_converges(tmp_path):
+    """The auto lr schedule anneals within one pass of a channel with enough mini-batches, and early stopping
+    compares each epoch's last part, so the defaults take 1 + early_stopping_patience epochs (not 15)."""
+    x, y, _ = logistic_data(100_000, 10, seed=4)
+    train = write_channel(tmp_path / "big", split(x[:80_000], y[:80_000], 4))
+    ref = roc_auc_score(y[80_000:], LogisticRegression(max_iter=1000).fit(x[:80_000], y[:80_000])
+                        .decision_function(x[80_000:]))
+    aucs = []
+
+    def on_epoch(epoch, metrics, state):
+        w, b = state.tensors["weights"], state.tensors["bias"]
+        aucs.append(roc_auc_score(y[80_000:], x[80_000:] @ w + b[0]))
+
+    channels = {"train": reader(train)}
+    algo = LinearLearner({"predictor_type": "binary_classifier", "mini_batch_size": 200}, 10)  # 400 steps a pass
+    algo.train(TrainContext(rank=0, world_size=1, collective=LocalCollective(), channels=channels,
+                            end_epoch=on_epoch))
+    assert len(aucs) == 1 + 3, aucs  # early_stopping_patience = 3
+    assert aucs[0] > ref - 0.002 and aucs[-1] > ref - 0.001, (aucs, ref)
+
+
 def test_sparse_input_is_never_densified(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     n, d, nnz = 20000, 2000, 10
