@@ -902,17 +902,26 @@ def _save_stage(stage: Any, path: str) -> None:
 
 
 def _load_stage(path: str, spark: SparkSession) -> Any:
-    """A saved stage, built only from this package's classes (or $SPARKML_EXT_TRUSTED_MODULES) and Spark ML's own."""
+    """A saved stage, built only from this package's classes (or $SPARKML_EXT_TRUSTED_MODULES) and Spark ML's own
+    readable stages: a class named in the metadata is imported only from `pyspark.ml` and must be an MLReadable
+    Estimator, Model, Transformer or Evaluator."""
     import importlib
+    import re
+
+    from pyspark.ml import Transformer
 
     qualified = persistence._load_metadata(path, spark)["class"]
+    if qualified.startswith("org.apache.spark.ml."):
+        qualified = "pyspark" + qualified[len("org.apache.spark"):]
+    if not qualified.startswith("pyspark.ml."):
+        return persistence._class_of(qualified).load(path)
     module, _, name = qualified.rpartition(".")
-    if qualified.startswith("pyspark.ml."):
-        cls = getattr(importlib.import_module(module), name)
-    elif qualified.startswith("org.apache.spark.ml."):
-        cls = getattr(importlib.import_module(module.replace("org.apache.spark", "pyspark")), name)
-    else:
-        cls = persistence._class_of(qualified)
+    if not re.fullmatch(r"pyspark\.ml(\.[a-z_]+)*", module) or not re.fullmatch(r"[A-Z][A-Za-z0-9]*", name):
+        raise ValueError(f"{path}: saved stage class {qualified!r} is not a Spark ML class name")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, MLReadable)
+            and issubclass(cls, (Estimator, Transformer, Evaluator))):
+        raise ValueError(f"{path}: saved stage class {qualified!r} is not a readable Spark ML stage")
     return cls.load(path)
 
 
