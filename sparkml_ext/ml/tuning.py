@@ -640,34 +640,28 @@ def _variant_searcher() -> type:
 
 
 def _tag_spark_jobs(spark: SparkSession, tag: str) -> str:
-    """Tag the Spark jobs this thread starts (a trial's staging and evaluation), so Ctrl-C can cancel them."""
+    """Put the Spark jobs this thread starts (a trial's staging and evaluation) in job group `tag`, so Ctrl-C can
+    cancel them. A job group is a thread-local property of the SparkContext; SparkSession.addTag is not used: its
+    thread-local tag holder ends up in task closures and makes later jobs of the session fail to serialize."""
     try:
-        spark.addTag(tag)
-        return "tag"
-    except Exception:  # noqa: BLE001 (Spark 3.5 classic has no tags: a job group does the same)
-        try:
-            spark.sparkContext.setJobGroup(tag, "sparkml-ext tuner trial", interruptOnCancel=True)
-            return "group"
-        except Exception:  # noqa: BLE001 (nothing to cancel by then; Ray jobs are still cancelled)
-            return ""
+        spark.sparkContext.setJobGroup(tag, "sparkml-ext tuner trial", interruptOnCancel=True)
+        return "group"
+    except Exception:  # noqa: BLE001 (Spark Connect: nothing to cancel by then; Ray jobs are still cancelled)
+        return ""
 
 
 def _untag_spark_jobs(spark: SparkSession, tag: str, how: str) -> None:
-    try:
-        if how == "tag":
-            spark.removeTag(tag)
-        elif how == "group":
-            spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
-    except Exception:  # noqa: BLE001 (best effort on a thread whose next trial tags anew)
-        pass
+    if how != "group":
+        return
+    for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+        spark.sparkContext.setLocalProperty(key, None)
 
 
 def _cancel_spark_jobs(spark: SparkSession, tag: str) -> None:
-    for cancel in (lambda: spark.interruptTag(tag), lambda: spark.sparkContext.cancelJobGroup(tag)):
-        try:
-            cancel()
-        except Exception:  # noqa: BLE001 (the other way, or nothing running)
-            continue
+    try:
+        spark.sparkContext.cancelJobGroup(tag)
+    except Exception:  # noqa: BLE001 (nothing running, or Spark Connect)
+        pass
 
 
 # -- the estimator and its model ------------------------------------------------------------------------------------
