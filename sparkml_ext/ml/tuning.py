@@ -39,6 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from recordio import storage
 from sparkml_ext.ml import persistence
+from sparkml_ext.ml.estimator import _set_known
 from sparkml_ext.ml.params import _one_of, _positive_int, accessors
 from sparkml_ext.ml.ranges import (
     CategoricalParameter,
@@ -127,13 +128,6 @@ class _TunerParams(HasSeed):
     def getHyperparameterRanges(self) -> dict[str, Range]:  # noqa: N802 (Spark naming)
         """The ranges as ContinuousParameter / IntegerParameter / CategoricalParameter objects."""
         return {k: range_from_json(v) for k, v in self.getOrDefault(self.hyperparameterRanges).items()}
-
-
-def _set_known(obj: Params, params: dict) -> None:
-    unknown = [k for k in params if not obj.hasParam(k)]
-    if unknown:
-        raise TypeError(f"{type(obj).__name__} has no Param(s) {unknown}; see explainParams()")
-    obj._set(**params)
 
 
 # -- what the estimator reports -------------------------------------------------------------------------------------
