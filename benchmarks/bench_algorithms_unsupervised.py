@@ -73,7 +73,8 @@ def timed(fit, repeat: int) -> tuple[float, object]:
 
 def bench_kmeans(df: DataFrame, centres: np.ndarray, args: argparse.Namespace) -> dict:
     k = len(centres)
-    ours_s, ours = timed(lambda: KMeans(k=k, epochs=1, numWorkers=args.workers, stagingUri=tempfile.mkdtemp())
+    ours_s, ours = timed(lambda: KMeans(k=k, epochs=1, numWorkers=args.workers, stagingUri=tempfile.mkdtemp(),
+                                            reuseStagedData=False)
                          .fit(df), args.repeat)
     spark_s, spark = timed(lambda: SparkKMeans(k=k, seed=1, maxIter=20).fit(df), args.repeat)
     meta = ours._meta()
@@ -92,7 +93,8 @@ def bench_pca(df: DataFrame, args: argparse.Namespace) -> list[dict]:
     for mode, passes in (("regular", 0), ("randomized", 0), ("randomized", 1)):
         ours_s, ours = timed(lambda m=mode, q=passes: PCA(num_components=n, algorithm_mode=m, power_iterations=q,
                                                           numWorkers=args.workers,
-                                                          stagingUri=tempfile.mkdtemp()).fit(df), args.repeat)
+                                                          stagingUri=tempfile.mkdtemp(), reuseStagedData=False)
+                             .fit(df), args.repeat)
         ev = ours.explainedVariance.toArray()
         name = f"pca-{mode}" + (f" power_iterations={passes}" if passes else "")
         out.append({"algorithm": name, "rows": args.current_rows, "dim": args.dim, "components": n,

@@ -78,7 +78,7 @@ def main() -> None:
     XGBoostClassifier(num_round=2, numWorkers=args.workers, stagingUri=staging).fit(test.limit(1000))  # warm workers
     results.append(measure("XGBoostClassifier", lambda: XGBoostClassifier(
         num_round=args.rounds, max_depth=args.depth, tree_method="hist", numWorkers=args.workers,
-        stagingUri=staging), train, test, args.repeat))
+        stagingUri=staging, reuseStagedData=False), train, test, args.repeat))
     if not args.no_peer:
         from xgboost.spark import SparkXGBClassifier
 

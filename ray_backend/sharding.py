@@ -1,4 +1,5 @@
-"""Assign a channel's shards to workers: ShardedByKey (balanced by bytes, record ranges when needed) or
+"""Assign a channel's shards to workers: ShardedByKey (balanced by bytes; shards cut into record ranges when there
+are fewer than workers or whole ones would leave a worker over 1.25x the mean) or
 FullyReplicated (everything on every worker). Pure functions of (manifest, num_workers): deterministic."""
 
 from __future__ import annotations
@@ -53,20 +54,34 @@ def assign(manifest: Manifest, num_workers: int, distribution: str = SHARDED_BY_
     whole = [ShardSlice(s.path, 0, s.records, s.records, s.bytes) for s in manifest.shards if s.records > 0]
     if distribution == FULLY_REPLICATED:
         return [list(whole) for _ in range(num_workers)]
-    if len(whole) >= num_workers:
-        return _balance(whole, num_workers)
-    return _split(whole, num_workers)
+    if len(whole) < num_workers:
+        return _split(whole, num_workers)
+    groups = _balance(whole, num_workers)
+    ideal = sum(s.shard_bytes for s in whole) / num_workers
+    if max(sum(s.est_bytes for s in g) for g in groups) <= SKEW * ideal:
+        return groups
+    return _balance([p for s in whole for p in _cut(s, ideal / 2)], num_workers)
+
+
+SKEW = 1.25  # whole shards whose best assignment leaves a worker this far above the mean are cut into record ranges
+
+
+def _cut(s: ShardSlice, limit: float) -> list[ShardSlice]:
+    """`s` as near-equal record ranges of at most ~`limit` bytes each (whole when it is no bigger)."""
+    k = max(1, min(s.records, -(-int(s.shard_bytes) // max(int(limit), 1))))
+    bounds = [s.records * j // k for j in range(k + 1)]
+    return [ShardSlice(s.path, a, b, s.shard_records, s.shard_bytes) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def _balance(slices: list[ShardSlice], num_workers: int) -> list[list[ShardSlice]]:
     # Longest-processing-time greedy: biggest shard first onto the lightest worker (ties: lowest rank).
-    order = sorted(range(len(slices)), key=lambda i: (-slices[i].shard_bytes, slices[i].path, i))
+    order = sorted(range(len(slices)), key=lambda i: (-slices[i].est_bytes, slices[i].path, slices[i].start))
     heap = [(0, rank) for rank in range(num_workers)]
     out: list[list[tuple[int, ShardSlice]]] = [[] for _ in range(num_workers)]
     for i in order:
         load, rank = heapq.heappop(heap)
         out[rank].append((i, slices[i]))
-        heapq.heappush(heap, (load + slices[i].shard_bytes, rank))
+        heapq.heappush(heap, (load + slices[i].est_bytes, rank))
     return [[s for _, s in sorted(group)] for group in out]
 
 

@@ -1,4 +1,5 @@
-"""Driver side of staging: validate, plan shards, run the write pass, write the manifests, clean up."""
+"""Driver side of staging: check the schema, run the write pass (which counts the stats), check the stats, write
+the manifests, clean up or roll back."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -19,25 +19,30 @@ import pyarrow.fs as pafs
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest, Shard
 from recordio.storage import S3Options, join, resolve
 from sparkml_ext.columns import col, map_in_arrow
-from sparkml_ext.staging.plan import ShardPlan, plan_shards
 from sparkml_ext.staging.validate import (
     KIND_VECTOR,
-    STATS_SCHEMA,
     ChannelValidationError,
     check_stats,
     drop_invalid,
+    finish_stats,
     inspect_schema,
-    native_stats,
-    nonfinite_problem,
     partition_stats,
     select_columns,
-    size_problem,
     spec_to_json,
-    stats_task,
 )
-from sparkml_ext.staging.writer import RESULT_SCHEMA, TMP_SUFFIX, supports_rename, write_partition, write_task
+from sparkml_ext.staging.writer import (
+    RESULT_SCHEMA,
+    STATS_SCHEMA,
+    STATS_SPLIT,
+    TMP_SUFFIX,
+    stats_task,
+    supports_rename,
+    write_partition,
+    write_task,
+)
+from sparkml_ext.struct_view import vector_struct_view
 
-_DTYPES = {"float32": 4, "float64": 8}
+_DTYPES = ("float32", "float64")
 SMALL_BYTES = 4 << 20  # a DataFrame Spark estimates at most this large is staged from the driver
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 
@@ -150,15 +155,17 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
                   label_values: Sequence[float] | None = None, _fault: dict | None = None) -> Channel:
     """Stage a DataFrame as RecordIO-protobuf shards plus manifest.json at `uri` (the channel directory).
 
-    validation="fast" (default): one JVM-native aggregation checks columns, nulls, labels, array and Vector sizes
-    before anything is written. Under Spark Connect it checks Vector sizes only when the first 256 rows are all
-    dense; otherwise the writing tasks count them and a mismatch rolls the write back (shards deleted, no
-    manifest). validation="full": one Arrow pass checks everything before anything is written (costs a second
-    transfer of the vectors to Python).
+    The schema is checked on the driver first. validation="fast" (default): one Spark job; each writing task counts
+    its rows' nulls, non-finite values, labels and Vector sizes while it encodes them, and on any problem the driver
+    deletes everything the write left (no manifest, no shards; the channel directory too when empty) and raises
+    ChannelValidationError naming the columns and counting the bad rows. validation="full": a separate Arrow pass
+    checks everything before anything is written (a second transfer of the data to Python).
 
-    Training data (`training=True`) must have finite features and labels: invalid="error" (default) names the
-    columns and counts the bad rows, invalid="skip" drops those rows first. `label_values`, when given, are the only
-    labels allowed (a binary classifier's 0 and 1).
+    Each task rolls to a new shard `part-<partition>-<split>.rec` at `target_shard_bytes`; `num_shards` instead
+    repartitions the data to that many partitions, one shard each. Training data (`training=True`) must have
+    finite features and labels: invalid="error" (default) names the columns and counts the bad rows,
+    invalid="skip" drops those rows first. `label_values`, when given, are the only labels allowed (a binary
+    classifier's 0 and 1).
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -168,88 +175,131 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
         raise ValueError(f"validation must be 'fast' or 'full', got {validation!r}")
     if invalid not in ("error", "skip"):
         raise ValueError(f"invalid must be 'error' or 'skip', got {invalid!r}")
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     t0 = time.perf_counter()
     spec = inspect_schema(df.schema, featuresCol, labelCol, uidCol, training, label_values)
     data = select_columns(df, spec)
     if invalid == "skip":
         data = drop_invalid(data, spec)
-    small = None if _fault else _collect_small(data)
-    if small is not None:  # checked and written here, from one collect: no Python workers, no second job
-        per_partition = {p: partition_stats(iter(b), spec, _DTYPES[dtype]) for p, b in small.items()}
-        sizes_checked = True
-    elif validation == "full":
-        rows = map_in_arrow(data, stats_task(spec_to_json(spec), _DTYPES[dtype]), STATS_SCHEMA).collect()
-        per_partition, sizes_checked = {r.pid: json.loads(r.stats) for r in rows}, True
-    else:
-        per_partition, sizes_checked = native_stats(data, spec, _DTYPES[dtype])
-    stats = check_stats(per_partition, spec)
-    observe = spec.kind == KIND_VECTOR and not sizes_checked
-    if small is None and spec.kind == KIND_VECTOR and sizes_checked and stats.sparse_rows == 0:
-        data = _dense_as_arrays(data, spec.features[0], dtype)
-    t1 = time.perf_counter()
-    plan: ShardPlan = plan_shards(stats.partitions, num_shards=num_shards, target_shard_bytes=target_shard_bytes)
-    if plan.repartition is not None:
-        data = data.repartition(plan.repartition)
-        splits: dict[str, list[int]] = {}
-    else:
-        splits = {str(p): [stats.partitions[p][0], k] for p, k in plan.splits.items()}
     s3d = _s3_dict(s3)
-    fs, base = resolve(uri, S3Options(**s3d))
-    _prepare_dir(fs, base, mode)
     cfg = {"uri": uri, "s3": s3d, "features": spec.encode_features, "label": spec.label, "uid": spec.uid,
-           "dtype": dtype, "plan": splits, "fault": _fault, "observe_vectors": observe, "training": spec.training}
-    if small is not None and plan.repartition is None:
-        results = [SimpleNamespace(**r) for p, b in sorted(small.items()) for r in write_partition(iter(b), cfg, p, 0)]
+           "dtype": dtype, "spec": spec_to_json(spec), "fault": _fault,
+           "target_bytes": None if num_shards else target_shard_bytes}
+    small = None if _fault else _collect_small(data)
+    full_rows = None  # rows counted by validation="full"'s pass
+    if small is not None:  # checked and written here, from one collect: no Python workers, no second job
+        if num_shards:
+            small = _resplit(small, num_shards)
+        if validation == "full":
+            full_rows = check_stats({p: partition_stats(b, spec) for p, b in small.items()}, spec).rows
     else:
-        results = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+        data, cfg["vector_parts"] = _writer_input(data, spec)
+        if num_shards:
+            data = data.repartition(num_shards)
+        if validation == "full":
+            rows = map_in_arrow(data, stats_task(json.dumps(cfg)), STATS_SCHEMA).collect()
+            full_rows = check_stats({r.pid: json.loads(r.stats) for r in rows}, spec).rows
+    t1 = time.perf_counter()
+    fs, base = resolve(uri, S3Options(**s3d))
+    created = _missing_dirs(fs, base)
+    _prepare_dir(fs, base, mode)
+    try:
+        if small is not None:
+            results, per_partition = [], {}
+            for p, batches in sorted(small.items()):
+                per_partition[p] = {}
+                results += write_partition(batches, cfg, p, 0, per_partition[p])
+                per_partition[p] = finish_stats(per_partition[p])
+        else:
+            rows = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+            per_partition = {r.partition: json.loads(r.stats) for r in rows if r.split == STATS_SPLIT}
+            results = [r.asDict() for r in rows if r.split != STATS_SPLIT]
+        stats = check_stats(per_partition, spec)
+        results.sort(key=lambda r: (r["partition"], r["split"]))
+        shards = tuple(Shard(path=r["path"], records=r["records"], bytes=r["bytes"], sha256=r["sha256"])
+                       for r in results)
+        written = sum(s.records for s in shards)
+        if written != stats.rows or (full_rows is not None and written != full_rows):
+            raise RuntimeError(f"staging wrote {written} records but the DataFrame had "
+                               f"{stats.rows if written != stats.rows else full_rows} rows (is the DataFrame "
+                               "nondeterministic? cache it before staging)")
+    except BaseException:
+        _rollback(fs, base, created)
+        raise
     t2 = time.perf_counter()
-    feature_dim, sparse_rows = stats.feature_dim, stats.sparse_rows
-    if observe:
-        feature_dim, sparse_rows = _check_observed([r for r in results if r.split < 0], spec, fs, base)
-    results = sorted((r for r in results if r.split >= 0), key=lambda r: (r.partition, r.split))
-    shards = tuple(Shard(path=r.path, records=r.records, bytes=r.bytes, sha256=r.sha256) for r in results)
-    if sum(s.records for s in shards) != stats.rows:
-        raise RuntimeError(f"staging wrote {sum(s.records for s in shards)} records but the DataFrame had "
-                           f"{stats.rows} rows (is the DataFrame nondeterministic? cache it before staging)")
     extra = {"features_kind": spec.kind, "columns": {"features": list(spec.features), "label": spec.label,
                                                     "uid": spec.uid},
-             "repartitioned": plan.repartition is not None}
-    manifest = _commit(fs, base, uri, channel, shards, feature_dim, sparse_rows, dtype,
+             "repartitioned": bool(num_shards)}
+    manifest = _commit(fs, base, uri, channel, shards, stats.feature_dim, stats.sparse_rows, dtype,
                        spec.label is not None, spec.uid is not None, extra)
     t3 = time.perf_counter()
     return Channel(uri=uri, manifest=manifest, timings={"validate": t1 - t0, "write": t2 - t1, "commit": t3 - t2})
 
 
-def _dense_as_arrays(data, column: str, dtype: str):
-    """All rows are dense: hand the vectors to Python as plain arrays, which Spark moves to Arrow several times
-    faster than the Vector struct (same records come out)."""
-    from pyspark.ml.functions import vector_to_array
+def _resplit(small: dict[int, list[pa.RecordBatch]], num_shards: int) -> dict[int, list[pa.RecordBatch]]:
+    """Collected rows cut into `num_shards` near-equal runs (what a repartition would give the write pass)."""
+    table = pa.Table.from_batches([b for _, batches in sorted(small.items()) for b in batches])
+    base, extra = divmod(table.num_rows, num_shards)
+    out, start = {}, 0
+    for i in range(num_shards):
+        rows = base + (1 if i < extra else 0)
+        if rows:
+            out[i] = table.slice(start, rows).to_batches()
+        start += rows
+    return out
 
-    return data.withColumn(column, vector_to_array(col(column), dtype))
+
+def _writer_input(data, spec) -> tuple:
+    """(the DataFrame the writing tasks read, the names of its Vector size and indices columns, or None).
+
+    Spark moves plain arrays to Arrow several times faster than Vector structs, so a Vector column is read through
+    its struct view (`vector_struct_view`) and crosses as three top-level columns: its values, its size (null for a
+    dense row) and its indices (an empty list for a dense row: Spark writes null lists to Arrow slowly). The tasks
+    put the struct back together (`writer.input_batches`); sparse rows stay sparse, nothing is densified. Values
+    cross as doubles: casting them to floats in Spark costs more than the bytes it saves. Without the view (Spark
+    Connect) the Vector column crosses as it is."""
+    from pyspark.sql import functions as F
+
+    name = spec.features[0]
+    view = vector_struct_view(data, name) if spec.kind == KIND_VECTOR else None
+    if view is None:
+        return data, None
+    parts = ["__sparkml_ext_vector_size", "__sparkml_ext_vector_indices"]
+    while set(parts) & set(data.columns):
+        parts = [f"_{p}" for p in parts]
+    vec = col(name)
+    others = [col(n) for n in data.columns if n != name]
+    return view.select(vec["values"].alias(name), *others, vec["size"].alias(parts[0]),
+                       F.coalesce(vec["indices"], F.array().cast("array<int>")).alias(parts[1])), parts
 
 
-def _check_observed(stat_rows, spec, fs: pafs.FileSystem, base: str) -> tuple[int, int]:
-    """Merge the writers' Vector stats; on differing sizes or NaN/infinite training values delete what was written
-    and raise."""
-    from collections import Counter
+def _missing_dirs(fs: pafs.FileSystem, base: str) -> list[str]:
+    """`base` and those of its parents that do not exist yet, deepest first (what a rollback may remove again)."""
+    out, path = [], base.rstrip("/")
+    while path and path != "/" and fs.get_file_info(path).type == pafs.FileType.NotFound:
+        out.append(path)
+        parent = posixpath.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
 
-    sizes: Counter = Counter()
-    sparse_rows = rows = nonfinite = 0
-    for r in stat_rows:
-        seen = json.loads(r.stats)
-        sparse_rows += seen["sparse_rows"]
-        rows += seen["rows"]
-        nonfinite += seen["nonfinite"]
-        for d, c in seen["sizes"].items():
-            sizes[int(d)] += c
-    problems = ([size_problem(sizes, spec.features[0])] if len(sizes) > 1 else []) + \
-        ([nonfinite_problem(spec.features, nonfinite, rows)] if nonfinite else [])
-    if problems:
+
+def _rollback(fs: pafs.FileSystem, base: str, created: list[str]) -> None:
+    """Delete everything an uncommitted write left in the channel dir (shards, temp files), then the dir and the
+    parents this write created, each only while empty (best effort: this runs while an error is being raised)."""
+    try:
+        if fs.get_file_info(f"{base}/{MANIFEST_NAME}").type == pafs.FileType.File:
+            return
         _cleanup_strays(fs, base, set())
-        if not fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-            fs.delete_dir(base)
-        raise ChannelValidationError(problems)
-    return (next(iter(sizes)) if sizes else 0), sparse_rows
+        for path in created or [base.rstrip("/")]:
+            if fs.get_file_info(path).type != pafs.FileType.Directory \
+                    or fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+                break
+            fs.delete_dir(path)
+    except OSError:
+        pass
 
 
 def _commit(fs: pafs.FileSystem, base: str, uri: str, channel: str | None, shards: tuple[Shard, ...],
@@ -275,8 +325,6 @@ def prepare_channel(uri: str, s3: S3Options | None, overwrite: bool) -> None:
 def finish_channel(uri: str, bodies: list[dict], cfg: dict, s3: S3Options | None) -> Manifest:
     """Data-source writer commit: check the tasks' stats, then write the manifest from their shard lists."""
     from collections import Counter
-
-    from sparkml_ext.staging.validate import ChannelValidationError
 
     fs, base = resolve(uri, s3)
     results = sorted((r for b in bodies for r in b["shards"]), key=lambda r: (r["partition"], r["split"]))

@@ -1,19 +1,24 @@
-"""Executor side of staging: encode a partition's Arrow batches and commit its shards under deterministic names."""
+"""Executor side of staging: count a partition's stats while encoding its Arrow batches, and commit its shards under
+deterministic names, rolling to a new shard at `target_bytes`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from recordio.storage import S3Options, resolve
 
 RESULT_SCHEMA = "partition int, split int, path string, records long, bytes long, sha256 string, stats string"
+STATS_SCHEMA = "pid int, stats string"
 TMP_SUFFIX = ".tmp"
+STATS_SPLIT = -1  # the result row (split -1) that carries a task's stats instead of a shard
 
 
 def shard_name(partition: int, split: int) -> str:
@@ -77,70 +82,82 @@ class ShardOutput:
                 pass
 
 
-def _split_rows(cfg: dict, partition: int) -> list[int] | None:
-    """Planned rows per split for this partition, or None for one shard per partition."""
-    plan = cfg["plan"].get(str(partition))
-    if plan is None:
-        return None
-    rows, splits = plan
-    base, extra = divmod(rows, splits)
-    return [base + (1 if i < extra else 0) for i in range(splits)]
-
-
-def _observe_vectors(batches: Iterator[pa.RecordBatch], column: str, seen: dict,
-                     training: bool) -> Iterator[pa.RecordBatch]:
-    """Pass batches through while counting vector sizes, sparse rows and (training) rows with NaN or infinite values
-    (checked by the driver after the write)."""
-    import pyarrow.compute as pc
-
-    from sparkml_ext.staging.validate import _vector_dims, rows_with_nonfinite
-
+def input_batches(batches: Iterable[pa.RecordBatch], cfg: dict) -> Iterator[pa.RecordBatch]:
+    """The batches as the encoder and the stats read them. With cfg["vector_parts"] (the columns of a Vector's size
+    and indices, `channel._writer_input`) the features column holds the values only, and Spark's vector struct
+    (type, size, indices, values) is put back together here, zero-copy but for the type: sparse where the size is
+    set; a null Vector has null values."""
+    parts = cfg.get("vector_parts")
+    if not parts:
+        yield from batches
+        return
+    features = cfg["features"]
     for b in batches:
-        col = b.column(column)
-        dims, _, sparse = _vector_dims(col)
-        valid = pc.is_valid(col)
-        seen["sparse_rows"] += int(pc.sum(pc.and_(sparse, valid)).as_py() or 0)
-        seen["rows"] += b.num_rows
-        if training:
-            seen["nonfinite"] += rows_with_nonfinite(col.field("values"))
-        for item in pc.value_counts(pc.filter(dims, valid)).to_pylist():
-            seen["sizes"][str(item["values"])] = seen["sizes"].get(str(item["values"]), 0) + item["counts"]
-        yield b
+        size, indices = b.column(parts[0]), b.column(parts[1])
+        values = b.column(features)
+        kind = pa.array(np.where(size.is_valid().to_numpy(zero_copy_only=False), 0, 1).astype(np.int8))
+        vectors = pa.StructArray.from_arrays([kind, size, indices, values], names=["type", "size", "indices", "values"],
+                                             mask=values.is_null() if values.null_count else None)
+        keep = [n for n in b.schema.names if n not in parts and n != features]
+        yield pa.RecordBatch.from_arrays([vectors, *(b.column(n) for n in keep)], names=[features, *keep])
 
 
-def write_partition(batches: Iterator[pa.RecordBatch], cfg: dict, partition: int, attempt: int,
-                    seen: dict | None = None) -> list[dict]:
-    """Encode and write one partition's batches as shard(s); return the committed shards' descriptions."""
+def write_partition(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int, attempt: int,
+                    stats: dict | None = None) -> list[dict]:
+    """Encode and write one partition's batches as shard(s); return the committed shards' descriptions.
+
+    A shard is committed once it holds cfg["target_bytes"] (one shard per partition without it). With `stats` (and
+    cfg["spec"]) every batch is counted into `stats` before it is encoded (`validate.add_batch_stats`); once they
+    show a problem nothing more is written (the driver rolls the write back) but counting goes on to the end."""
     from sparkml_ext._codec import encode_arrow
 
     fs, base = resolve(cfg["uri"], S3Options(**cfg["s3"]))
-    sizes = _split_rows(cfg, partition)
+    target = cfg.get("target_bytes")
     fault = cfg.get("fault") or {}
     inject = fault.get("partition") == partition and attempt == 0
+    spec = None
+    if stats is not None:
+        from sparkml_ext.staging.validate import add_batch_stats, has_problem, new_stats, spec_from_json
+
+        spec = spec_from_json(cfg["spec"])
+        stats.update(new_stats(spec))
     results: list[dict] = []
     out: ShardOutput | None = None
-    written = 0
-    if seen is not None:
-        batches = _observe_vectors(batches, cfg["features"], seen, cfg.get("training", True))
+    written = encoded = 0
+    failed = False
     try:
-        for batch in batches:
+        for batch in input_batches(batches, cfg):
+            if spec is not None:
+                add_batch_stats(stats, batch, spec)
+                if not failed and has_problem(stats):
+                    failed = True
+                    if out is not None:
+                        out.abort()
+                        out = None
+            if failed or not batch.num_rows:
+                continue
             offset = 0
             while offset < batch.num_rows:
                 if out is None:
                     out = ShardOutput(fs, base, partition, len(results))
-                limit = sizes[out.split] if sizes and out.split < len(sizes) else (max(sizes) if sizes else None)
-                take = batch.num_rows - offset if limit is None else min(batch.num_rows - offset,
-                                                                         limit - out.records)
+                take = batch.num_rows - offset
+                if target:  # rows that fit the shard, from the bytes per record so far
+                    if written:
+                        room = (target - out.bytes) / (encoded / written)
+                    else:  # no record encoded yet: half of what the Arrow size suggests, then measure
+                        room = target / max(batch.nbytes / batch.num_rows, 1.0) / 2
+                    take = min(take, max(1, math.ceil(room)))
                 data = encode_arrow(batch.slice(offset, take), cfg["features"], cfg["label"], cfg["uid"],
                                     cfg["dtype"])
                 out.write(data, take)
                 offset += take
                 written += take
+                encoded += len(data)
                 if inject and written >= fault["after_records"]:
                     if out.stream is not None:
                         out.stream.flush()
                     raise RuntimeError(f"injected failure in partition {partition} after {written} records")
-                if limit is not None and out.records >= limit:
+                if target and out.bytes + encoded / written / 2 >= target:
                     results.append(out.commit())
                     out = None
         if out is not None and out.records:
@@ -149,24 +166,45 @@ def write_partition(batches: Iterator[pa.RecordBatch], cfg: dict, partition: int
     finally:
         if out is not None and not inject:
             out.abort()
+    if spec is not None and not failed and written != stats["rows"]:
+        raise RuntimeError(f"partition {partition}: wrote {written} records of the {stats['rows']} rows it read")
     return results
 
 
 def write_task(cfg_json: str):
-    """The mapInArrow function of the write pass: shard descriptions out, never data."""
+    """The mapInArrow function of the write pass: shard descriptions out, never data; with cfg["spec"] one more
+    row (split -1) carries the partition's stats."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
+        from sparkml_ext.staging.validate import finish_stats
+
         ctx = TaskContext.get()
         cfg = json.loads(cfg_json)
-        seen = {"sizes": {}, "sparse_rows": 0, "rows": 0, "nonfinite": 0} if cfg.get("observe_vectors") else None
-        rows = write_partition(batches, cfg, ctx.partitionId(), ctx.attemptNumber(), seen)
-        if seen is not None:  # one extra row (split -1) carries the partition's vector stats
-            rows.append({"partition": ctx.partitionId(), "split": -1, "path": "", "records": 0, "bytes": 0,
-                         "sha256": "", "stats": json.dumps(seen)})
+        stats = {} if cfg.get("spec") else None
+        rows = write_partition(batches, cfg, ctx.partitionId(), ctx.attemptNumber(), stats)
+        if stats is not None:
+            rows.append({"partition": ctx.partitionId(), "split": STATS_SPLIT, "path": "", "records": 0, "bytes": 0,
+                         "sha256": "", "stats": json.dumps(finish_stats(stats))})
         yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([
             ("partition", pa.int32()), ("split", pa.int32()), ("path", pa.string()), ("records", pa.int64()),
             ("bytes", pa.int64()), ("sha256", pa.string()), ("stats", pa.string())]))
+
+    return run
+
+
+def stats_task(cfg_json: str):
+    """The mapInArrow function of validation="full"'s separate pass: one JSON row of stats per partition."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        from sparkml_ext.staging.validate import partition_stats, spec_from_json
+
+        cfg = json.loads(cfg_json)
+        st = partition_stats(input_batches(batches, cfg), spec_from_json(cfg["spec"]))
+        yield pa.RecordBatch.from_pydict({"pid": pa.array([TaskContext.get().partitionId()], pa.int32()),
+                                          "stats": [json.dumps(st)]})
 
     return run

@@ -1,4 +1,5 @@
-"""A task attempt that dies after writing part of its shards: the retry overwrites, nothing is lost or doubled."""
+"""A task attempt that dies after writing part of its shards: the retry overwrites, nothing is lost or doubled;
+without retries the failed write is rolled back."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def test_failed_write_without_retries_leaves_no_manifest(spark, tmp_path):
     uri = tmp_path / "fail"
     with pytest.raises(Exception, match="injected failure"):
         write_channel(df.coalesce(1), str(uri), _fault={"partition": 0, "after_records": 10})
-    assert not (uri / MANIFEST_NAME).exists()
+    assert not uri.exists(), "a failed write is rolled back: no manifest, no shards, no temp files, no channel dir"
+    (uri / "part-00000-007.rec").parent.mkdir(parents=True)
+    (uri / "part-00000-007.rec").write_bytes(b"debris")  # e.g. left by a lost executor
     ch = write_channel(df.coalesce(1), str(uri))  # a fresh attempt commits normally over the debris
     assert ch.records == 100 and sorted(p.name for p in uri.glob("*.rec")) == [s.path for s in ch.shards]

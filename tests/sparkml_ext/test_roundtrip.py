@@ -232,13 +232,11 @@ def test_import_is_light():
 
 
 @pytest.mark.parametrize("struct_view", [True, False])
-def test_sparse_rows_beyond_the_sample_stay_sparse(spark, tmp_path, monkeypatch, struct_view):
-    """Sparse rows after 1,500 dense ones are counted and written sparse, whether the Vectors are read natively
-    (struct view) or sampled first (Spark Connect's path, where the first rows look dense)."""
-    from sparkml_ext.staging import validate
-
+def test_sparse_rows_after_dense_ones_stay_sparse(spark, tmp_path, monkeypatch, struct_view):
+    """Sparse rows after 1,500 dense ones are counted and written sparse, whether the Vectors cross to Python through
+    their struct view (values, type, size, indices) or as they are (Spark Connect's path); -0.0 and NaN are kept."""
     if not struct_view:
-        monkeypatch.setattr(validate, "vector_struct_view", lambda data, column: None)
+        monkeypatch.setattr("sparkml_ext.struct_view.retyped", lambda spark, column, data_type: None)
     rows = [(Vectors.dense([float(i % 7), 0.0, -0.0, float("nan") if i == 5 else 1.0]), str(i)) for i in range(1500)]
     rows += [(Vectors.sparse(4, [1], [float(i)]), f"s{i}") for i in range(3)] + [(Vectors.sparse(4, [], []), "e")]
     df = spark.createDataFrame(rows, ["features", "uid"]).coalesce(1)
@@ -251,23 +249,3 @@ def test_sparse_rows_beyond_the_sample_stay_sparse(spark, tmp_path, monkeypatch,
     dense_only = write_channel(df.where("uid not like 's%' and uid != 'e'"), str(tmp_path / "dense"),
                                labelCol=None, uidCol="uid", training=False)
     assert not dense_only.sparse and dense_only.manifest.extra["sparse_rows"] == 0
-
-
-def test_vector_sample_counts_the_same_with_and_without_toarrow(spark, monkeypatch):
-    """The driver-side Arrow sample (Spark >= 4) and the mapInArrow fallback (Spark 3.5) count the same rows."""
-    from pyspark.sql import DataFrame
-
-    from sparkml_ext.staging.validate import _sample_vectors, inspect_schema
-
-    rows = [(Vectors.sparse(1000, [i % 1000, 999], [1.0, 2.0]),) if i % 3 == 0 else (Vectors.dense([1.0] * 1000),)
-            for i in range(300)]
-    rows.insert(7, (None,))  # null rows are the aggregation's to count; the sample skips them
-    df = spark.createDataFrame(rows, ["features"]).coalesce(1)
-    spec = inspect_schema(df.schema, "features", None, None, training=False)
-    # 256 sampled rows: 86 sparse rows of 2 values (+4 index bytes each), 170 dense rows of 1,000 values
-    expected = (int((86 * 2 * 4 + 86 * 2 * 4 + 170 * 1000 * 4) / 256), 86)
-    assert _sample_vectors(df, spec, 4) == expected
-    if hasattr(DataFrame, "toArrow"):  # Spark 3.5 took the fallback above already
-        monkeypatch.delattr(DataFrame, "toArrow")
-        assert _sample_vectors(df, spec, 4) == expected
-

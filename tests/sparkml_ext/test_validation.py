@@ -1,4 +1,6 @@
-"""Bad inputs are rejected before anything is written, with errors naming the column and the bad-row count."""
+"""Bad inputs are rejected with errors naming the column and the bad-row count, and nothing is left behind: the
+schema is checked before any Spark job; the rows are counted by the writing tasks (validation="fast", one Spark job:
+a bad DataFrame's write is rolled back) or by a separate pass before anything is written (validation="full")."""
 
 from __future__ import annotations
 
@@ -6,26 +8,32 @@ import pytest
 from pyspark.ml.linalg import Vectors
 
 from sparkml_ext import ChannelValidationError, write_channel
-from sparkml_ext.staging import channel, validate
+from sparkml_ext.staging import channel
 
 pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("both_staging_paths")]
 
 
-@pytest.fixture(params=["fast", "full", "sampled"])
+@pytest.fixture(params=["fast", "full", "no_view"])
 def validation(request, monkeypatch):
-    """The write_channel validation modes; "sampled" is fast validation without the JVM struct view of Vectors,
-    the path Spark Connect takes."""
-    if request.param == "sampled":
-        monkeypatch.setattr(validate, "vector_struct_view", lambda data, column: None)
+    """The write_channel validation modes; "no_view" is fast validation without the JVM struct view of Vectors
+    (Vectors cross to Python as they are), the path Spark Connect takes."""
+    if request.param == "no_view":
+        monkeypatch.setattr("sparkml_ext.struct_view.retyped", lambda spark, column, data_type: None)
         return "fast"
     return request.param
+
+
+def _assert_nothing_left(tmp_path, uri):
+    """No channel dir (a rolled-back write removes it once empty), no file anywhere under tmp_path."""
+    assert not uri.exists(), "nothing may be left when validation fails"
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []
 
 
 def _assert_rejected(df, tmp_path, match, **kwargs):
     uri = tmp_path / "job" / "train"
     with pytest.raises(ChannelValidationError, match=match):
         write_channel(df, str(uri), **kwargs)
-    assert not uri.exists(), "nothing may be written when validation fails"
+    _assert_nothing_left(tmp_path, uri)
 
 
 def test_missing_columns_are_all_named(spark, tmp_path):
@@ -75,17 +83,52 @@ def test_null_feature_columns_counted_per_column(spark, tmp_path):
                                   "features column 'b' has 4 null row(s) of 10"]
 
 
-def test_vectors_of_differing_sizes(spark, tmp_path, validation, request, monkeypatch):
-    """Sparse rows among them. full and fast: found before any write task starts; sampled (the sample holds sparse
-    rows, so sizes are left to the writers): found by the writing tasks, and the write is rolled back."""
-    if request.node.callspec.params["validation"] != "sampled":
-        monkeypatch.setattr(channel, "write_task", lambda cfg: pytest.fail("a write task started"))
+def test_vectors_of_differing_sizes(spark, tmp_path, validation):
+    """Sparse rows among them, the sizes spread over partitions: only the merged stats show the problem."""
     rows = [(Vectors.dense([1.0] * 3), 0.0)] * 7 + [(Vectors.sparse(5, [1], [1.0]), 0.0)] * 2 \
         + [(Vectors.dense([1.0]), 1.0)]
     df = spark.createDataFrame(rows, ["features", "label"]).repartition(2)
     _assert_rejected(df, tmp_path, r"differing sizes: 3 row\(s\) differ from the most common size 3 "
                                    r"\(1 row\(s\) of size 1, 7 row\(s\) of size 3, 2 row\(s\) of size 5\)",
                      validation=validation)
+
+
+def test_full_validation_checks_everything_before_anything_is_written(spark, tmp_path, monkeypatch):
+    def no_write_task(cfg):
+        def run(batches):
+            raise AssertionError("a write task started")
+
+        return run
+
+    monkeypatch.setattr(channel, "write_task", no_write_task)
+    monkeypatch.setattr(channel, "write_partition", lambda *a, **k: pytest.fail("the driver wrote a shard"))
+    rows = [(Vectors.dense([1.0, 2.0]), 0.0)] * 5 + [(Vectors.sparse(3, [1], [1.0]), float("nan"))]
+    df = spark.createDataFrame(rows, ["features", "label"]).repartition(2)
+    _assert_rejected(df, tmp_path, r"1 row\(s\) differ from the most common size 2", validation="full")
+    with pytest.raises(ChannelValidationError, match=r"label column 'label' has 1 NaN/infinite row\(s\) of 6"):
+        write_channel(df, str(tmp_path / "job" / "train"), validation="full")
+
+
+def test_a_bad_partition_rolls_back_the_shards_other_tasks_committed(spark, tmp_path, monkeypatch):
+    """Fast validation, one job: the good partitions' tasks commit their shards before the driver sees the bad one's
+    stats; the rollback removes them all (and the empty channel dir), not only the bad task's."""
+    import pyarrow.fs as pafs
+    from pyspark.sql import functions as F
+
+    monkeypatch.setattr(channel, "SMALL_BYTES", -1)
+    committed = []
+    real = channel._rollback
+
+    def rollback(fs, base, created):
+        committed.extend(i.path for i in fs.get_file_info(pafs.FileSelector(base)))
+        real(fs, base, created)
+
+    monkeypatch.setattr(channel, "_rollback", rollback)
+    df = spark.range(0, 4000, numPartitions=4).select(
+        F.array(F.col("id").cast("double"), F.when(F.col("id") == 3999, None).otherwise(1.0)).alias("features"),
+        F.lit(1.0).alias("label"))
+    _assert_rejected(df, tmp_path, r"features column 'features' has 1 row\(s\) with null elements")
+    assert sorted(p.rsplit("/", 1)[1] for p in committed) == [f"part-{p:05d}-000.rec" for p in range(3)]
 
 
 def test_arrays_of_differing_lengths(spark, tmp_path, validation):
@@ -101,7 +144,7 @@ def test_nan_and_infinite_labels_for_training(spark, tmp_path, validation):
         write_channel(df, str(tmp_path / "c"), validation=validation)
     assert err.value.problems == ["label column 'label' has 1 null row(s) of 6",
                                   "label column 'label' has 3 NaN/infinite row(s) of 6"]
-    assert not (tmp_path / "c").exists()
+    _assert_nothing_left(tmp_path, tmp_path / "c")
     ok = write_channel(df.where("label is not null"), str(tmp_path / "score"), training=False,
                        validation=validation)
     assert ok.records == 5
@@ -114,13 +157,13 @@ def test_null_uid(spark, tmp_path):
 
 
 def test_all_problems_reported_together(spark, tmp_path, validation):
-    """Dense vectors: fast validation counts their sizes natively too, all before anything is written."""
+    """Null features, a NaN label and differing sizes, in one error."""
     rows = [(None, float("nan")), (Vectors.dense([1.0]), 1.0), (Vectors.dense([1.0, 2.0]), 1.0)]
     df = spark.createDataFrame(rows, ["features", "label"])
     with pytest.raises(ChannelValidationError) as err:
         write_channel(df, str(tmp_path / "c"), validation=validation)
     assert len(err.value.problems) == 3
-    assert not (tmp_path / "c").exists()
+    _assert_nothing_left(tmp_path, tmp_path / "c")
 
 
 def test_bad_arguments(spark, tmp_path):
@@ -134,15 +177,18 @@ def test_bad_arguments(spark, tmp_path):
 
 
 def test_struct_view_exposes_vectors_as_stored(spark):
-    """The view fast validation reads: each Vector's type, size and values natively, rows and partitions kept."""
+    """The view the write pass reads Vectors through: each Vector's type, size and values natively, rows and
+    partitions kept."""
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    from sparkml_ext.struct_view import vector_struct_view
+
     rows = [(Vectors.dense([1.0, 2.0]), 0), (Vectors.sparse(7, [2], [3.0]), 1), (None, 2), (Vectors.dense([]), 3)]
     schema = T.StructType([T.StructField("features", VectorUDT()), T.StructField("id", T.IntegerType())])
     df = spark.createDataFrame(rows, schema).repartition(3, "id")
-    view = validate.vector_struct_view(df, "features")
+    view = vector_struct_view(df, "features")
     assert view is not None and view.schema["features"].dataType.simpleString().startswith("struct<type:tinyint")
     pid = F.spark_partition_id().alias("pid")
     nvals = F.when(F.col("features").isNotNull(), F.size("features.values")).alias("nvals")
@@ -188,7 +234,7 @@ def test_nan_and_infinite_features_are_counted_or_skipped(spark, tmp_path, valid
         write_channel(df, str(tmp_path / "c"), features, validation=validation)
     assert err.value.problems == [f"features {name} have NaN or infinite values in 3 row(s) of 6 "
                                   "(handleInvalid='skip' drops such rows)"]
-    assert not (tmp_path / "c").exists()
+    _assert_nothing_left(tmp_path, tmp_path / "c")
     with_null = df.union(df.limit(1).withColumn("label", F.lit(None).cast("double")))
     kept = write_channel(with_null, str(tmp_path / "k"), features, validation=validation, invalid="skip")
     assert kept.records == 3
