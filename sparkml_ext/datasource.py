@@ -101,7 +101,7 @@ def _make_classes():
                     kind = "columns"
                     if isinstance(feats, str):
                         kind = "vector" if pa.types.is_struct(b.schema.field(feats).type) else "array"
-                    stats.append(partition_stats(iter([b]), dataclasses.replace(spec, kind=kind), 4))
+                    stats.append(partition_stats(iter([b]), dataclasses.replace(spec, kind=kind)))
                     yield b
 
             ctx = TaskContext.get()

@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 from sparkml_ext.columns import col
 
 KIND_VECTOR, KIND_ARRAY, KIND_COLUMNS = "vector", "array", "columns"
-STATS_SCHEMA = "pid int, stats string"
 
 
 class ChannelValidationError(ValueError):
@@ -206,9 +205,8 @@ def finish_stats(st: dict) -> dict:
     return {**st, "sizes": sorted(st["sizes"].items())}
 
 
-def partition_stats(batches: Iterable[pa.RecordBatch], spec: FeatureSpec, itemsize: int = 4) -> dict:
-    """Stats of one partition's batches (`add_batch_stats`); `itemsize` is accepted for older callers."""
-    del itemsize
+def partition_stats(batches: Iterable[pa.RecordBatch], spec: FeatureSpec) -> dict:
+    """Stats of one partition's batches (`add_batch_stats`)."""
     st = new_stats(spec)
     for b in batches:
         add_batch_stats(st, b, spec)
