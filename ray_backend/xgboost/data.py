@@ -46,9 +46,14 @@ def local_rows(plan: dict[str, Any], channel: str, rank: int, world: int) -> tup
     return x, y, w
 
 
-def dmatrix(plan: dict[str, Any], channel: str, rank: int, world: int, nthread: int = 1) -> Any:
-    """This rank's rows of `channel` as an xgboost DMatrix."""
+def dmatrix(plan: dict[str, Any], channel: str, rank: int, world: int, nthread: int = 1, ref: Any = None) -> Any:
+    """This rank's rows of `channel` as an xgboost matrix: a QuantileDMatrix for the histogram tree methods (the
+    quantile sketch is built straight from the arrays, no float copy of the data is kept; evaluation sets share the
+    training set's cuts through `ref`), a DMatrix for `approx`."""
     import xgboost as xgb
 
     x, y, w = local_rows(plan, channel, rank, world)
+    if plan["params"].get("tree_method", "auto") in ("auto", "hist"):
+        return xgb.QuantileDMatrix(x, label=y, weight=w, nthread=nthread, ref=ref,
+                                   max_bin=plan["params"].get("max_bin", 256))
     return xgb.DMatrix(x, label=y, weight=w, nthread=nthread)

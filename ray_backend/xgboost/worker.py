@@ -39,7 +39,9 @@ def train_on_worker(plan: dict[str, Any], info: WorkerInfo) -> str | None:
     rounds = _Rounds(plan, rank, state, reporter, s3, done)
     nthread = plan["cpus_per_worker"]
     with _communicator(info):
-        mats = {name: data.dmatrix(plan, name, rank, world, nthread) for name in evals_names(plan)}
+        mats: dict[str, Any] = {}
+        for name in evals_names(plan):
+            mats[name] = data.dmatrix(plan, name, rank, world, nthread, ref=mats.get("train"))
         xgb.train({**plan["params"], "nthread": nthread}, mats["train"], num_boost_round=plan["total_rounds"] - done,
                   evals=[(m, name) for name, m in mats.items()], xgb_model=booster, verbose_eval=False,
                   callbacks=[rounds, *make_callbacks(plan), *([stopping] if stopping else [])])
