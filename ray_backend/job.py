@@ -269,6 +269,8 @@ def train_on_worker(plan: dict[str, Any], info: worker_group.WorkerInfo) -> str 
         algo.train(tctx)
     except StopTraining:
         pass  # the driver's cooperative stop: the epoch just checkpointed is the model
+    else:
+        reporter.flush()
     finally:
         for r in readers.values():
             r.close()

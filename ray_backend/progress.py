@@ -1,7 +1,7 @@
-"""Job progress: a Ray actor workers push to (epochs, records, loss, worker pids) and a driver-side printer
-(a one-line bar on a terminal, log lines otherwise). The actor also carries the driver's cooperative stop: once the
-driver asks a job to stop, the first epoch (or boosting round) whose end any worker reports from then on is its
-last, the same epoch for every worker."""
+"""Job progress: a Ray actor workers push to (epochs, records, loss, worker pids) and a driver-side printer (a
+tqdm bar in a terminal or notebook, plain lines on other streams). The actor also carries the driver's cooperative
+stop: once the driver asks a job to stop, the first epoch (or boosting round) whose end any worker reports from then
+on is its last, the same epoch for every worker."""
 
 from __future__ import annotations
 
@@ -146,6 +146,7 @@ class Reporter:
         self.run, self.rank, self.every_s = plan["run_name"], rank, every_s
         self.actor = ray.get_actor(plan["progress_actor"][0], namespace=plan["progress_actor"][1])
         self._last = 0.0
+        self._pending: Any = None
 
     def started(self, start_epoch: int) -> None:
         import ray
@@ -160,7 +161,15 @@ class Reporter:
             self.actor.update.remote(self.run, self.rank, epoch, records, loss)
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
-        self.actor.epoch_end.remote(self.run, metrics)
+        self._pending = self.actor.epoch_end.remote(self.run, metrics)
+
+    def flush(self) -> None:
+        """Wait until the board has this worker's last epoch end, so the driver's last snapshot shows it."""
+        import ray
+
+        if self._pending is not None:
+            ray.get(self._pending)
+            self._pending = None
 
     def should_stop(self, epoch: int) -> bool:
         """Whether the driver asked this job to end after `epoch` (the same answer on every worker)."""
@@ -170,43 +179,93 @@ class Reporter:
 
 
 class Printer:
-    """Render snapshots: a carriage-return bar on a TTY, otherwise a log line per epoch and every `every_s`."""
+    """Show a job's snapshots where the user looks: a tqdm bar (terminal, or a notebook widget through tqdm.auto)
+    with the finished epochs' metrics printed above it; on any other stream (a log file, a pipe) a plain line per
+    finished epoch and one every `every_s`, never a carriage-return bar. Closing leaves the finished bar, nothing
+    half-drawn."""
 
     def __init__(self, job: str, stream: TextIO | None = None, every_s: float = 10.0, enabled: bool = True,
                  log_each_epoch: bool = True, unit: str = "epoch"):
         self.job, self.stream, self.every_s, self.enabled = job, stream or sys.stderr, every_s, enabled
         self.log_each_epoch, self.unit = log_each_epoch, unit
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_log = 0.0
-        self._epochs_logged = 0
+        self.interactive = enabled and (_in_notebook() or (hasattr(self.stream, "isatty") and self.stream.isatty()))
+        self._bar: Any = None
+        self._last_line = 0.0
+        self._epochs_shown = 0
 
     def line(self, snap: dict[str, Any]) -> str:
-        """One human-readable status line."""
+        """One human-readable status line (the plain stream's periodic line)."""
         total = max(snap["records_per_epoch"], 1)
         frac = min(snap["records"] / total, 1.0)
         loss = "-" if snap["loss"] is None else f"{snap['loss']:.4g}"
-        bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
         shown_epoch = min(snap["epoch"] + 1, snap["epochs"])
-        return (f"[{self.job}] {self.unit} {shown_epoch}/{snap['epochs']} [{bar}] {frac:4.0%} "
+        return (f"[{self.job}] {self.unit} {shown_epoch}/{snap['epochs']} {frac:4.0%} "
                 f"{snap['records_per_s']:,.0f} rec/s loss {loss}")
 
     def show(self, snap: dict[str, Any]) -> None:
-        """Print or log a snapshot, as appropriate."""
+        """Render a snapshot: new finished epochs' metrics, then the bar or the periodic line."""
         if not self.enabled:
             return
-        for m in snap["history"][self._epochs_logged:] if self.log_each_epoch else ():
-            extra = "".join(f" {k}={v:.4g}" for k, v in m.items() if k not in ("epoch",))
-            log.info("[%s] %s %d/%d done:%s", self.job, self.unit, int(m["epoch"]) + 1, snap["epochs"], extra)
-            self._epochs_logged += 1
-        if self.tty:
-            self.stream.write("\r" + self.line(snap))
+        finished = snap["history"][self._epochs_shown:]
+        self._epochs_shown += len(finished)
+        for m in finished if self.log_each_epoch else ():
+            extra = "".join(f" {k}={v:.4g}" for k, v in m.items() if k != "epoch")
+            self._write(f"[{self.job}] {self.unit} {int(m['epoch']) + 1}/{snap['epochs']} done:{extra}")
+        if self.interactive:
+            self._update_bar(snap)
+        elif time.monotonic() - self._last_line >= self.every_s:
+            self._last_line = time.monotonic()
+            self._write(self.line(snap))
+
+    def count(self, done: int, total: int, text: str) -> None:
+        """Show a count of finished items (a tuner's trials) with a status text; the bar only, where there is one
+        (`note` writes the lines)."""
+        if self.interactive:
+            bar = self._open_bar(total)
+            bar.n = done
+            bar.set_postfix_str(text, refresh=False)
+            bar.refresh()
+
+    def note(self, text: str) -> None:
+        """Write a line above the bar (or on the plain stream)."""
+        if self.enabled:
+            self._write(text)
+
+    def _open_bar(self, total: int) -> Any:
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=f"[{self.job}]", file=self.stream, dynamic_ncols=True, leave=True,
+                             bar_format="{l_bar}{bar}| [{elapsed}<{remaining}{postfix}]")
+        return self._bar
+
+    def _update_bar(self, snap: dict[str, Any]) -> None:
+        self._open_bar(snap["epochs"])
+        within = min(snap["records"] / max(snap["records_per_epoch"], 1), 1.0) if snap["records"] else 0.0
+        self._bar.n = min(snap["epoch"] + within, snap["epochs"])
+        loss = "-" if snap["loss"] is None else f"{snap['loss']:.4g}"
+        shown = min(snap["epoch"] + 1, snap["epochs"])
+        self._bar.set_postfix_str(f"{self.unit} {shown}/{snap['epochs']}, {snap['records_per_s']:,.0f} rec/s, "
+                                  f"loss {loss}", refresh=False)
+        self._bar.refresh()
+
+    def _write(self, text: str) -> None:
+        log.debug(text)
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            self.stream.write(text + "\n")
             self.stream.flush()
-        elif time.time() - self._last_log >= self.every_s:
-            self._last_log = time.time()
-            log.info(self.line(snap))
 
     def close(self) -> None:
-        """End the bar line."""
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        """Finish the bar (drawn complete where the job finished every epoch) and end its line."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (tqdm.auto then draws a notebook widget instead of a text bar)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})

@@ -114,6 +114,7 @@ def run(plan: dict[str, Any], entry: str, shape: worker_group.Shape, *, max_fail
                 payload = json.dumps(plan)
                 refs = [w.run.remote(entry, payload) for w in group.workers]
                 results = _wait(refs, board, run_name, printer, observers, deadline)
+                _show(board, run_name, printer, observers)  # the final epochs, now that rank 0 flushed them
                 healthy = True
                 return RunOutcome(result=results[0], attempts=attempt)
             except _WorkerDied as exc:

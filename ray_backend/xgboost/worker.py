@@ -45,6 +45,7 @@ def train_on_worker(plan: dict[str, Any], info: WorkerInfo) -> str | None:
         xgb.train({**plan["params"], "nthread": nthread}, mats["train"], num_boost_round=plan["total_rounds"] - done,
                   evals=[(m, name) for name, m in mats.items()], xgb_model=booster, verbose_eval=False,
                   callbacks=[rounds, *make_callbacks(plan), *([stopping] if stopping else [])])
+    reporter.flush()
     return rounds.final if rank == 0 else None
 
 

@@ -131,8 +131,9 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                             "model's artifactUri; same algorithm and feature size); empty means from scratch",
                             typeConverter=TypeConverters.toString)
     showProgress = Param(Params._dummy(), "showProgress",
-                         "show training progress on the driver (epoch or round, records/s, latest loss): a bar "
-                         "on a terminal, log lines otherwise", typeConverter=TypeConverters.toBoolean)
+                         "show training progress on the driver's stderr (epoch or round, records/s, latest loss, "
+                         "each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise",
+                         typeConverter=TypeConverters.toBoolean)
     seed = Param(Params._dummy(), "seed",
                  "random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)",
                  typeConverter=TypeConverters.toInt)

@@ -37,6 +37,7 @@ from pyspark.ml.param.shared import HasSeed
 from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 
+from ray_backend import progress
 from recordio import storage
 from sparkml_ext.ml import persistence
 from sparkml_ext.ml.estimator import _set_known
@@ -119,11 +120,16 @@ class _TunerParams(HasSeed):
                        "fraction of the rows trials train on when the rest is held out: for the evaluator, or as "
                        "the validation channel of an estimator that has no validation data set",
                        typeConverter=_ratio)
+    showProgress = Param(Params._dummy(), "showProgress",
+                         "show the search on the driver: trials done and the best so far (a bar in a terminal or "
+                         "notebook, a line per trial otherwise); the trials' own fits show none",
+                         typeConverter=TypeConverters.toBoolean)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._setDefault(objectiveMetric="", objectiveType="Maximize", maxJobs=10, maxParallelJobs=1,
-                         strategy="Bayesian", earlyStopping="Off", trainRatio=0.75, seed=0)
+                         strategy="Bayesian", earlyStopping="Off", trainRatio=0.75, seed=0,
+                         showProgress=True)
 
     def getHyperparameterRanges(self) -> dict[str, Range]:  # noqa: N802 (Spark naming)
         """The ranges as ContinuousParameter / IntegerParameter / CategoricalParameter objects."""
@@ -270,6 +276,7 @@ class _Search:
         self.scope: Any = None
         self.heldout: DataFrame | None = None
         self.prefix: PipelineModel | None = None  # a Pipeline's stages before its Ray stage, fitted once
+        self.printer = progress.Printer("tuner", enabled=tuner.getOrDefault(tuner.showProgress), unit="trial")
 
     # the set-up: every check runs before any Spark job or staging ---------------------------------------------
 
@@ -291,7 +298,7 @@ class _Search:
             self._grid_space()  # raises when the categories alone exceed maxJobs
         if stage is not None:
             stage._staging_scope = self.scope = reuse.Scope()  # copies of the stage (each trial's) share it
-            stage._set(showProgress=False)  # the tuner logs a line per trial instead of bars from parallel fits
+            stage._set(showProgress=False)  # the tuner shows its trials instead of bars from parallel fits
         if self.evaluator is None and not _has_validation(stage):
             stage._set(validationFraction=1.0 - tuner.getTrainRatio())
         # A Pipeline's stages before its Ray stage take no tuned Param: fitted once, so that every trial trains on
@@ -563,8 +570,10 @@ class _Search:
         name = self.metric_key or self.tuner.getObjectiveMetric() or _evaluator_metric(self.evaluator)
         shown = f"{name}={trial.objective:.6g}" if trial.objective is not None else trial.error
         best_text = f"best {best.objective:.6g} (trial {best.number})" if best else "no trial has succeeded yet"
-        log.info("[tuner] trial %d %s in %.1f s: %s %s; %d/%d done, %s", trial.number, trial.status, trial.time_s,
-                 shown, json.dumps(trial.params, default=str), len(self.trials), self.max_jobs, best_text)
+        self.printer.note(f"[tuner] trial {trial.number} {trial.status} in {trial.time_s:.1f} s: {shown} "
+                          f"{json.dumps(trial.params, default=str)}; {len(self.trials)}/{self.max_jobs} done, "
+                          f"{best_text}")
+        self.printer.count(len(self.trials), self.max_jobs, best_text)
 
     def best(self) -> _Trial | None:
         """The best finished trial (completed or stopped early) so far; the earlier one on a tie."""
@@ -755,6 +764,8 @@ class HyperparameterTuner(Estimator, _TunerParams, MLWritable, MLReadable):
             search.interrupt(list(running.values()))
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        finally:
+            search.printer.close()
         pool.shutdown(wait=True)
         if search.give_up is not None and search.best() is None:
             first = next(t for t in sorted(search.trials, key=lambda t: t.number) if t.exception is not None)

@@ -106,7 +106,8 @@ def test_ranges_map_search_coordinates_into_their_bounds():
 
 
 @pytest.mark.slow
-def test_bayesian_search_stages_once_and_returns_the_best_trial(cancer_vectors, ray_local, stagings, tmp_path):
+def test_bayesian_search_stages_once_and_returns_the_best_trial(cancer_vectors, ray_local, stagings, tmp_path,
+                                                                capsys):
     ranges = {"learning_rate": ContinuousParameter(1e-4, 0.5, "Logarithmic"), "wd": ContinuousParameter(1e-7, 1e-2),
               "mini_batch_size": IntegerParameter(16, 128)}
     tuner = HyperparameterTuner(estimator=_ll(), hyperparameterRanges=ranges, objectiveMetric="validation:auc",
@@ -115,6 +116,8 @@ def test_bayesian_search_stages_once_and_returns_the_best_trial(cancer_vectors, 
     assert isinstance(model, TunerModel) and len(model.trials) == 4 and len(stagings) == 1
     assert all(t["status"] == "Completed" for t in model.trials)
     assert model.bestObjective == max(t["objective"] for t in model.trials) > 0.95
+    shown = capsys.readouterr().err  # the search's progress, one line per trial; the trials' fits show none
+    assert shown.count("[tuner] trial ") == 4 and "4/4 done, best " in shown and "epoch 1/" not in shown
     assert model.bestObjective == model.bestModel._meta()["metrics_history"][-1]["validation_auc"]
     p = model.bestParams
     assert 1e-4 <= p["learning_rate"] <= 0.5 and isinstance(p["mini_batch_size"], int)

@@ -147,3 +147,17 @@ def test_binary_labels_and_finite_features_are_checked_before_staging(cancer, tm
     model = LinearLearnerBinaryClassifier(stagingUri=str(tmp_path / "s"), epochs=1, handleInvalid="skip",
                                           keepStagingData=True).fit(holes)
     assert model._meta()["metrics_history"][-1]["records"] == 563
+
+
+def test_a_fit_shows_each_epochs_metrics_unless_showprogress_is_off(cancer, ray_local, staging, capsys):
+    """Progress goes to the driver's stderr (captured here, so not a terminal: plain lines, no bar), not to a logger
+    nobody configured; showProgress=False shows nothing."""
+    df, names = cancer
+    data = VectorAssembler(inputCols=names, outputCol="features").transform(df)
+    capsys.readouterr()
+    LinearLearnerBinaryClassifier(epochs=2, numWorkers=1, stagingUri=staging).fit(data)
+    shown = capsys.readouterr().err
+    assert "epoch 1/2 done: " in shown and "epoch 2/2 done: " in shown and "train_loss=" in shown
+    assert "\r" not in shown
+    LinearLearnerBinaryClassifier(epochs=2, numWorkers=1, stagingUri=staging, showProgress=False).fit(data)
+    assert "epoch" not in capsys.readouterr().err

@@ -37,10 +37,13 @@ def channel(tmp_path_factory):
 
 
 def _pids(workers: int) -> set[int]:
+    """Worker pids of the warm groups of this module's jobs' shape (other modules' groups, e.g. SPREAD or Horovod,
+    may still be warm in the same session)."""
     import ray
 
     return {ray.get(w.memory.remote())["pid"] for g in worker_group.groups()
-            if g["shape"].num_workers == workers for w in g["workers"]}
+            if (g["shape"].num_workers, g["shape"].placement_strategy, g["shape"].backend) == (workers, "PACK", "torch")
+            for w in g["workers"]}
 
 
 def _stop_after_first_epoch(seen: dict):

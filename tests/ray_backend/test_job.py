@@ -32,6 +32,14 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def linear_job(ray_cluster, data):
     """One two-worker linear-sgd job (File mode, validation channel) shared by several assertions."""
+    import ray
+
+    import ray_backend
+
+    ray_backend.shutdown()  # earlier tests' warm groups would hold CPUs and leave SPREAD (soft) only one node
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.2)  # placement groups are removed asynchronously
     snaps = []
     res = run_job(JobSpec(algorithm="linear-sgd", output_uri=str(data["root"] / "out"),
                           train=ChannelSpec(data["train"], input_mode="File"), validation=data["validation"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 
 from ray_backend.progress import Printer, ProgressState
 
@@ -27,35 +26,53 @@ def test_state_tracks_attempts_epochs_and_records():
     assert s.snapshot()["attempts"] == 2 and s.snapshot()["workers"]["0"]["pid"] == 21
 
 
-def test_tty_shows_a_bar_and_logs_finished_epochs(caplog):
-    out = Tty()
-    p = Printer("job-x", stream=out)
+def _two_epochs(printer: Printer) -> None:
+    """Drive a printer through a 2-epoch job: half of epoch 1, epoch 1 done, epoch 2 done, close."""
     s = ProgressState(epochs=2, world_size=1, records_per_epoch=200)
     s.update(0, 0, 100, 0.25)
-    with caplog.at_level(logging.INFO, logger="ray_backend.job"):
-        p.show(s.snapshot())
-        s.epoch_end({"epoch": 0, "train_loss": 0.2})
-        p.show(s.snapshot())
-    assert "\r[job-x] epoch 1/2 [##########..........]  50%" in out.getvalue()
-    assert "loss 0.25" in out.getvalue()
-    assert any("epoch 1/2 done: train_loss=0.2" in r.getMessage() for r in caplog.records)
+    printer.show(s.snapshot())
+    s.epoch_end({"epoch": 0, "train_loss": 0.2})
+    printer.show(s.snapshot())
+    s.epoch_end({"epoch": 1, "train_loss": 0.125})
+    printer.show(s.snapshot())
+    printer.close()
 
 
-def test_non_tty_logs_lines_instead_of_a_bar(caplog):
-    out = io.StringIO()
-    p = Printer("job-y", stream=out, every_s=0)
-    s = ProgressState(epochs=1, world_size=1, records_per_epoch=10)
-    with caplog.at_level(logging.INFO, logger="ray_backend.job"):
-        p.show(s.snapshot())
-    assert out.getvalue() == ""
-    assert any("[job-y] epoch 1/1" in r.getMessage() for r in caplog.records)
-
-
-def test_disabled_printer_is_silent(caplog):
+def test_a_terminal_gets_a_bar_with_each_epochs_metrics_above_it():
     out = Tty()
-    with caplog.at_level(logging.INFO, logger="ray_backend.job"):
-        Printer("z", stream=out, enabled=False).show(ProgressState(1, 1, 1).snapshot())
-    assert out.getvalue() == "" and not caplog.records
+    _two_epochs(Printer("job-x", stream=out))
+    text = out.getvalue()
+    assert "\r" in text and "[job-x]" in text  # a bar redrawn in place
+    assert "rec/s, loss 0.25" in text
+    assert "[job-x] epoch 1/2 done: train_loss=0.2\n" in text and "epoch 2/2 done: train_loss=0.125\n" in text
+    final = text.rstrip("\n").split("\r")[-1]  # what stays on screen: the finished bar, no half-drawn one
+    assert "2/2" in final and "100%" in final and text.endswith("\n")
+
+
+def test_a_non_terminal_stream_gets_plain_lines_and_no_bar():
+    """A notebook's captured stderr, a pipe or a log file: lines, each ending in a newline, no carriage returns."""
+    out = io.StringIO()
+    _two_epochs(Printer("job-y", stream=out, every_s=0))
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and out.getvalue().endswith("\n")
+    assert lines[0].startswith("[job-y] epoch 1/2  50% ") and lines[0].endswith(" rec/s loss 0.25")
+    assert "[job-y] epoch 1/2 done: train_loss=0.2" in lines and "[job-y] epoch 2/2 done: train_loss=0.125" in lines
+
+
+def test_a_non_terminal_stream_is_not_flooded_between_epochs():
+    out = io.StringIO()
+    p = Printer("job-z", stream=out, every_s=3600)
+    s = ProgressState(epochs=1, world_size=1, records_per_epoch=1000)
+    for n in range(1, 50):
+        s.update(0, 0, n * 10, 0.5)
+        p.show(s.snapshot())
+    assert len(out.getvalue().splitlines()) == 1  # the first snapshot, then nothing until every_s has passed
+
+
+def test_disabled_printer_is_silent():
+    for out in (Tty(), io.StringIO()):
+        _two_epochs(Printer("z", stream=out, enabled=False))
+        assert out.getvalue() == ""
 
 
 def test_board_keeps_each_run_apart_and_forgets_ended_runs(ray_local):
