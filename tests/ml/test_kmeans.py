@@ -78,7 +78,8 @@ def test_fits_without_a_label_column_and_model_keeps_the_params(digits, fitted_d
     assert len(fitted_digits.clusterCenters()) == 10 and fitted_digits.clusterCenters()[0].shape == (64,)
 
 
-def test_sparse_vectors_train_and_score_without_densifying(spark, ray_local, tmp_path):
+def test_sparse_vectors_train_and_score_through_spark(spark, ray_local, tmp_path):
+    """Sparse Vectors end to end (that no batch is densified is guarded in tests/ray_backend/test_kmeans.py)."""
     x, _ = make_blobs(n_samples=600, centers=3, n_features=40, cluster_std=0.3, random_state=2)
     x[:, 5:] = 0.0  # 5 informative features of 40: sparse rows
     df = vectors_df(spark, x, sparse=True)

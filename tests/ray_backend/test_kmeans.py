@@ -118,6 +118,39 @@ def test_one_worker_in_process_matches_scikit_learn_and_sparse_equals_dense(digi
     assert cost(x, dense.tensors["centers"]) <= ref * 1.02
 
 
+def _refuse_batches(densify):
+    def guarded(self, *args, **kwargs):
+        if self.shape[0] >= 1000:
+            raise AssertionError(f"a {self.shape} sparse batch was densified")
+        return densify(self, *args, **kwargs)
+    return guarded
+
+
+def test_sparse_input_is_never_densified_in_training_or_scoring(monkeypatch):
+    """High-dimensional sparse rows (20,000 features, 8 non-zeros each): training and predict must work on each
+    batch's CSR itself; densifying a batch (1,000 rows and more) raises here. The centres are dense by nature, so the
+    few rows picked as initial centres may be."""
+    rng = np.random.default_rng(5)
+    n, d, k, nnz = 8000, 20000, 4, 8
+    blob = rng.integers(0, k, n)
+    cols = blob[:, None] * 50 + rng.integers(0, 50, (n, nnz))  # each blob uses its own 50 columns
+    x = sp.csr_matrix((np.ones(n * nnz, np.float32), cols.ravel(), np.arange(0, n * nnz + 1, nnz)), shape=(n, d))
+    x.sum_duplicates()
+
+    for cls in (sp.csr_matrix, sp.csr_array, sp.coo_matrix, sp.csc_matrix):
+        for name in ("toarray", "todense"):
+            monkeypatch.setattr(cls, name, _refuse_batches(getattr(cls, name)))
+    (_, state), = local_train(KMeans({"k": k, "mini_batch_size": 1000}, d), x)
+    algo = KMeans({"k": k}, d)
+    algo.load_state(state)
+    out = algo.predict(x)
+    monkeypatch.undo()
+    # every blob is one cluster: the assignment is a relabelling of the truth
+    pairs = set(zip(blob.tolist(), out["closest_cluster"].astype(int).tolist(), strict=True))
+    assert len(pairs) == k and len({c for _, c in pairs}) == k
+    assert np.all(np.isfinite(out["distance_to_cluster"]))
+
+
 def test_resume_continues_from_the_checkpointed_summary(digits):
     x, _ = digits
     hp = {"k": 10, "epochs": 2, "mini_batch_size": 400}

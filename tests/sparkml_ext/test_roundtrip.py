@@ -14,6 +14,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseVector, SparseVector, Vectors
 from pyspark.sql import functions as F
 
+import recordio
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest
 from sparkml_ext import read_recordio, register_data_source, write_channel
 
@@ -57,6 +58,27 @@ def test_dense_vectors_with_label_and_uid(spark, tmp_path):
     assert back.columns == ["features", "label", "uid"]
     assert_df_equality(back.orderBy("uid"), _expected(df).orderBy("uid"))
     assert isinstance(back.first().features, DenseVector)
+
+
+def test_read_recordio_refuses_a_tampered_or_truncated_shard(spark, tmp_path):
+    """A flipped byte inside a value keeps the framing valid (the file still parses): only the manifest's sha256
+    catches it; a cut-off shard fails the byte count. Both name the shard; verify=False reads the tampered one."""
+    df = spark.createDataFrame(_rows(200, 4, seed=5), ["features", "label", "uid"]).repartition(2)
+    uri = tmp_path / "job" / "train"
+    ch = write_channel(df, str(uri), "features", "label")
+    assert read_recordio(spark, str(uri)).count() == 200
+    shard = uri / ch.manifest.shards[0].path
+    data = bytearray(shard.read_bytes())
+    first = recordio.decode(bytes(data)).features[0]
+    at = bytes(data).index(np.asarray(first, "<f4").tobytes())  # the first record's packed float32 values
+    data[at] ^= 0x01  # the lowest mantissa bit of its first feature: still a valid record
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=rf"(?s)checksum does not match the manifest.*{shard.name}"):
+        read_recordio(spark, str(uri)).collect()
+    assert read_recordio(spark, str(uri), verify=False).count() == 200
+    shard.write_bytes(bytes(data[:-16]))
+    with pytest.raises(Exception, match=rf"(?s){shard.name}"):
+        read_recordio(spark, str(uri)).collect()
 
 
 def test_manifest_lists_checksummed_shards(spark, tmp_path):
