@@ -207,6 +207,23 @@ def test_a_multiclass_torch_module_scores_class_vectors_that_spark_evaluators_us
     assert MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored) >= 0.9
 
 
+def test_validation_fraction_alone_holds_out_that_share_of_the_rows(cancer_vectors, ray_local, tmp_path):
+    """validationFraction with no validation DataFrame: the rows are split (by seed) into two staged channels that
+    together hold every row once, and training reports validation metrics on the held-out one."""
+    from ray_backend import artifact
+
+    est = RayEstimator(algorithm="linear-sgd", hyperparameters={**HP, "epochs": 2}, stagingUri=str(tmp_path / "s"),
+                       validationFraction=0.25, seed=7)
+    meta = artifact.read_meta(est.fit(cancer_vectors).artifactUri)
+    assert set(meta["data_manifest_sha256"]) == {"train", "validation"}
+    assert all("validation_loss" in m for m in meta["metrics_history"])
+    n, trained = cancer_vectors.count(), int(meta["metrics_history"][0]["records"])
+    held_out = cancer_vectors.randomSplit([0.75, 0.25], seed=7)[1].count()  # the same split, by the seed
+    assert trained + held_out == n and 0.15 * n < held_out < 0.35 * n
+    again = artifact.read_meta(est.copy({est.reuseStagedData: False}).fit(cancer_vectors).artifactUri)
+    assert again["data_manifest_sha256"] == meta["data_manifest_sha256"]  # the same rows on each side
+
+
 def test_validation_dataframe_is_staged_as_the_validation_channel(cancer_vectors, ray_local, tmp_path):
     from ray_backend import artifact
 
