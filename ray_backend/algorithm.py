@@ -73,6 +73,8 @@ class Algorithm(ABC):
     # Whether every epoch's checkpointed state is a usable model, so the driver may stop training after any epoch
     # (a cooperative stop, `runner.Watch`); False where intermediate epochs are not models (PCA's sketch passes).
     stoppable: ClassVar[bool] = True
+    # The pip extras (`ray_backend.extras`) training needs; every job runs on torch.distributed worker groups.
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
 
     def __init__(self, hyperparameters: dict[str, Any], feature_dim: int):
         self.hyperparameters = self.validate(dict(hyperparameters))

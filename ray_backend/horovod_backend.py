@@ -28,7 +28,8 @@ def require_horovod() -> None:
     """Raise a clear error when backend='horovod' is asked for without Horovod installed."""
     ok, why = horovod_available()
     if not ok:
-        raise ValueError(f"backend='horovod' needs Horovod with PyTorch and Gloo: {why}")
+        raise ValueError(f"backend='horovod' needs Horovod with PyTorch and Gloo (pip install "
+                         f"'sparkml-ext[horovod]', built as scripts/build-horovod.sh does): {why}")
 
 
 def _node_ip() -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ray_backend import __version__, artifact, checkpoints, progress, runner, worker_group
+from ray_backend import __version__, artifact, checkpoints, extras, progress, runner, worker_group
 from ray_backend.algorithm import ModelState, TrainContext, resolve
 from ray_backend.channels import ChannelReader, ChannelSpec, load_manifest
 from ray_backend.cluster import connect, validate_address
@@ -120,6 +120,7 @@ def plan_job(spec: JobSpec) -> dict[str, Any]:
     train = _as_channel(spec.train, "train")
     validation = _as_channel(spec.validation, "validation")
     algo_cls = resolve(spec.algorithm)
+    extras.require(*algo_cls.requires, needed_for=f"algorithm {spec.algorithm!r}")
     hp = algo_cls.validate(dict(spec.hyperparameters))
     manifests = {"train": load_manifest(train.uri, spec.s3)}
     if manifests["train"].records == 0:

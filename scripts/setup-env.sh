@@ -14,7 +14,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" --upgrade pip setuptools wheel
 # torch first, pinned: the CPU wheel on local disk; anything wider downloads a CUDA build.
 "${pip[@]}" torch==2.13.0 -c requirements/constraints.txt
-"${pip[@]}" -c requirements/constraints.txt -e '.[dev]'
+"${pip[@]}" -c requirements/constraints.txt -e '.[all,dev]'
 # Spark 3.5 beside Spark 4, for the compatibility test only (tests/test_spark35.py layers it over .venv).
 rm -rf .venv/spark35
 "${pip[@]}" --no-deps --target .venv/spark35 -r requirements/spark35.txt

@@ -1,8 +1,12 @@
 """sparkml_ext: Spark ML estimators that stage data as RecordIO-protobuf and train on Ray (imports stay light)."""
 
-from sparkml_ext.datasource import register_data_source
-from sparkml_ext.reader import read_recordio
-from sparkml_ext.staging import Channel, ChannelValidationError, channel_uri, delete_job, write_channel
+from ray_backend import extras
+
+extras.require("spark", needed_for="sparkml_ext")  # the cluster's own PySpark (EMR's), or the [spark] extra
+
+from sparkml_ext.datasource import register_data_source  # noqa: E402
+from sparkml_ext.reader import read_recordio  # noqa: E402
+from sparkml_ext.staging import Channel, ChannelValidationError, channel_uri, delete_job, write_channel  # noqa: E402
 
 __all__ = ["Channel", "ChannelValidationError", "channel_uri", "delete_job", "read_recordio",
            "register_data_source", "shutdown", "write_channel"]

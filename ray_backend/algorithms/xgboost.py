@@ -106,6 +106,7 @@ class XGBoost(Algorithm):
     name = "xgboost"
     version = "1"
     trained_by = "ray_backend.xgboost:run_xgboost_job"  # it needs xgboost's own collective
+    requires = ("torch", "xgboost")
 
     @classmethod
     def validate(cls, hyperparameters: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_backend import extras
 from ray_backend.serving import protocol
 from ray_backend.serving.app import MAX_DENSE_BYTES, REQUEST_TIMEOUT_S, Limits
 
@@ -234,6 +235,7 @@ def deploy(name: str, artifact_uri: str | None = None, *, variants: list[Variant
     reads at start, so the secrets never enter Serve's config), which lets AWS SDKs (boto3's `sagemaker-runtime`
     `invoke_endpoint` with `endpoint_url=` the Serve address) call `POST /endpoints/{name}/invocations`."""
     validate_name(name)
+    extras.require("serve", needed_for="a hosted endpoint")
     if sigv4_keys_file:
         from ray_backend.serving import sigv4
 

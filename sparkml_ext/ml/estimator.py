@@ -166,13 +166,16 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
         return dataset, None
 
     def _fit(self, dataset: DataFrame) -> RayModel:
+        from ray_backend import extras
         from ray_backend.algorithm import resolve
         from ray_backend.channels import ChannelSpec
         from sparkml_ext.staging import reuse
 
+        algo_cls = resolve(self._algorithm())
+        extras.require(*algo_cls.requires, needed_for=f"{type(self).__name__} (algorithm {self._algorithm()!r})")
         self._check_input(dataset)
         hyperparameters = self._hyperparameters()
-        resolve(self._algorithm()).validate(hyperparameters)  # a bad name or value fails before any staging
+        algo_cls.validate(hyperparameters)  # a bad name or value, or a missing engine, fails before any staging
         s3 = storage.S3Options.from_env()  # one source of S3 settings for staging, the Ray job and cleanup
         self._check_initial_model(s3)
         keep = self.getKeepStagingData()

@@ -37,7 +37,7 @@ from pyspark.ml.param.shared import HasSeed
 from pyspark.ml.util import MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import DataFrame, SparkSession
 
-from ray_backend import progress
+from ray_backend import extras, progress
 from recordio import storage
 from sparkml_ext.ml import persistence
 from sparkml_ext.ml.estimator import _set_known
@@ -713,6 +713,7 @@ class HyperparameterTuner(Estimator, _TunerParams, MLWritable, MLReadable):
         return larger
 
     def _fit(self, dataset: DataFrame) -> TunerModel:
+        extras.require("tune", needed_for="HyperparameterTuner")
         import optuna
 
         search = _Search(self, dataset)
