@@ -161,16 +161,18 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
 
 
 def accessors(cls):
-    """Add Spark-style setX/getX methods for every Param `cls` has (its own or inherited, e.g. pyspark's
-    HasFeaturesCol, which defines no setter) that lacks them."""
+    """Add documented Spark-style setX/getX methods for every Param `cls` has (its own or inherited, e.g. pyspark's
+    HasFeaturesCol, which defines no setter) that lacks them, and the keyword signature `help()` shows."""
+    from sparkml_ext.ml.signatures import KeywordSignature, add_accessors
+
     for name in dir(cls):
-        if not isinstance(getattr(cls, name, None), Param):
+        if name.startswith("__"):
             continue
-        cap = name[0].upper() + name[1:]
-        if not hasattr(cls, f"get{cap}"):
-            setattr(cls, f"get{cap}", (lambda n: lambda self: self.getOrDefault(getattr(self, n)))(name))
-        if not hasattr(cls, f"set{cap}"):
-            setattr(cls, f"set{cap}", (lambda n: lambda self, value: self._set(**{n: value}))(name))
+        param = getattr(cls, name, None)
+        if isinstance(param, Param):
+            add_accessors(cls, name, name[0].upper() + name[1:], param.doc)
+    if "__signature__" not in cls.__dict__:
+        cls.__signature__ = KeywordSignature()
     return cls
 
 

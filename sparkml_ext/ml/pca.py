@@ -47,11 +47,11 @@ class _PCAParams(SageMakerHyperparameters, HasOutputCol):
         self._setDefault(outputCol="projection")
 
     def getOutputCol(self) -> str:  # noqa: N802 (Spark naming)
-        """The projection column."""
+        """Get outputCol: the projection column."""
         return self.getOrDefault(self.outputCol)
 
     def setOutputCol(self, value: str):  # noqa: N802 (Spark naming)
-        """Set the projection column."""
+        """Set outputCol: the projection column."""
         return self._set(outputCol=value)
 
 

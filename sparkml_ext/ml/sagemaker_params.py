@@ -10,6 +10,8 @@ from typing import Any
 
 from pyspark.ml.param import Param, Params, TypeConverters
 
+from sparkml_ext.ml.signatures import add_accessors
+
 AUTO = "auto"
 
 
@@ -35,9 +37,7 @@ def declare(*specs: Hyperparameter) -> Callable[[type], type]:
         defaults = dict(getattr(cls, "_sagemaker_defaults", {}))
         for spec in specs:
             setattr(cls, spec.name, Param(Params._dummy(), spec.name, spec.doc, typeConverter=spec.converter))
-            cap = camel(spec.name)
-            setattr(cls, f"get{cap}", (lambda n: lambda self: self.getOrDefault(getattr(self, n)))(spec.name))
-            setattr(cls, f"set{cap}", (lambda n: lambda self, value: self._set(**{n: value}))(spec.name))
+            add_accessors(cls, spec.name, camel(spec.name), spec.doc, replace=True)
             defaults[spec.name] = spec.default
         cls._sagemaker_defaults = defaults
         return cls

@@ -132,7 +132,7 @@ class _TunerParams(HasSeed):
                          showProgress=True)
 
     def getHyperparameterRanges(self) -> dict[str, Range]:  # noqa: N802 (Spark naming)
-        """The ranges as ContinuousParameter / IntegerParameter / CategoricalParameter objects."""
+        """Get hyperparameterRanges, as ContinuousParameter / IntegerParameter / CategoricalParameter objects."""
         return {k: range_from_json(v) for k, v in self.getOrDefault(self.hyperparameterRanges).items()}
 
 
@@ -690,15 +690,19 @@ class HyperparameterTuner(Estimator, _TunerParams, MLWritable, MLReadable):
         return self
 
     def getEstimator(self) -> Estimator:  # noqa: N802 (Spark naming)
+        """Get estimator: the estimator to tune."""
         return self.getOrDefault(self.estimator)
 
     def setEstimator(self, value: Estimator) -> HyperparameterTuner:  # noqa: N802 (Spark naming)
+        """Set estimator: the estimator to tune."""
         return self._set(estimator=value)
 
     def getEvaluator(self) -> Evaluator:  # noqa: N802 (Spark naming)
+        """Get evaluator: the Spark ML Evaluator scoring each trial on held-out rows."""
         return self.getOrDefault(self.evaluator)
 
     def setEvaluator(self, value: Evaluator) -> HyperparameterTuner:  # noqa: N802 (Spark naming)
+        """Set evaluator: the Spark ML Evaluator scoring each trial on held-out rows."""
         return self._set(evaluator=value)
 
     def _maximize(self, evaluator: Evaluator | None) -> bool:

@@ -83,7 +83,7 @@ class _XGBoostParams(SageMakerHyperparameters, HasWeightCol):
         self._setDefault(checkpointFrequency=5)
 
     def setWeightCol(self, value: str):  # noqa: N802 (Spark naming)
-        """Set the instance-weight column (numeric, non-negative); unset or '' means unweighted."""
+        """Set weightCol: the instance-weight column (numeric, non-negative); unset or '' means unweighted."""
         return self._set(weightCol=value)
 
 
