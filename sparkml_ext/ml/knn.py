@@ -27,6 +27,24 @@ def _pq_m(value) -> int | str:
     return value
 
 
+@accessors
+class _NeighborCols(Params):
+    """The model's optional verbose output columns."""
+
+    neighborLabelsCol = Param(Params._dummy(), "neighborLabelsCol",
+                              "column for the k nearest training labels (SageMaker's verbose `labels`, nearest "
+                              "first, NaN where an IVF search found fewer); empty (default) leaves it out",
+                              typeConverter=TypeConverters.toString)
+    neighborDistancesCol = Param(Params._dummy(), "neighborDistancesCol",
+                                 "column for the distances to the k nearest (SageMaker's verbose `distances`: "
+                                 "Euclidean for L2, the inner product or cosine similarity otherwise); empty "
+                                 "(default) leaves it out", typeConverter=TypeConverters.toString)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setDefault(neighborLabelsCol="", neighborDistancesCol="")
+
+
 @declare(
     Hyperparameter("k", "number of nearest neighbours that vote (classifier) or are averaged (regressor)",
                    ranged("k", int, 1), 10),
@@ -55,29 +73,11 @@ def _pq_m(value) -> int | str:
                    "higher recall, slower); auto = a quarter of faiss_index_ivf_nlists",
                    ranged("faiss_index_nprobe", int, 1, auto=True), AUTO),
 )
-class _KNNParams(SageMakerHyperparameters):
-    """SageMaker k-NN hyperparameters shared by the estimators and the model."""
+class _KNNParams(SageMakerHyperparameters, _NeighborCols):
+    """SageMaker k-NN hyperparameters and the neighbour columns, shared by the estimators and the model."""
 
 
-@accessors
-class _NeighborCols(Params):
-    """The model's optional verbose output columns."""
-
-    neighborLabelsCol = Param(Params._dummy(), "neighborLabelsCol",
-                              "column for the k nearest training labels (SageMaker's verbose `labels`, nearest "
-                              "first, NaN where an IVF search found fewer); empty (default) leaves it out",
-                              typeConverter=TypeConverters.toString)
-    neighborDistancesCol = Param(Params._dummy(), "neighborDistancesCol",
-                                 "column for the distances to the k nearest (SageMaker's verbose `distances`: "
-                                 "Euclidean for L2, the inner product or cosine similarity otherwise); empty "
-                                 "(default) leaves it out", typeConverter=TypeConverters.toString)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._setDefault(neighborLabelsCol="", neighborDistancesCol="")
-
-
-class KNNModel(RayModel, _KNNParams, _NeighborCols):
+class KNNModel(RayModel, _KNNParams):
     """A fitted k-NN model: `prediction` and `predicted_label`, optionally the neighbours' labels and distances."""
 
     def _output_columns(self, meta: dict) -> list[tuple[str, str, object]]:
