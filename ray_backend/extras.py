@@ -13,6 +13,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("ray.serve", "fastapi", "uvicorn", "starlette"),
     "tune": ("optuna", "ray.tune"),
     "horovod": ("horovod",),
+    "knn": ("faiss",),
 }
 
 
