@@ -20,6 +20,7 @@ BUILTIN = {
     "pca": "ray_backend.algorithms.pca:PCA",
     "factorization-machines": "ray_backend.algorithms.factorization_machines:FactorizationMachines",
     "xgboost": "ray_backend.algorithms.xgboost:XGBoost",
+    "ntm": "ray_backend.algorithms.ntm:NTM",
 }
 
 
