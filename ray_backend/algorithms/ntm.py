@@ -98,7 +98,7 @@ def _build(hp: dict[str, Any], vocab: int) -> Any:
             self.register_buffer("prior_var", torch.full((k,), 1.0 - 1.0 / k))
 
         def encode(self, x: Any) -> tuple[Any, Any]:
-            h = self.encoder(torch.log1p(x))
+            h = self.encoder(torch.log1p(x.clamp_min(0.0)))  # training refuses negative counts
             return self.bn_mu(self.mu(h)), self.bn_logvar(self.logvar(h))
 
         def decode(self, theta: Any) -> Any:
@@ -173,7 +173,8 @@ class NTM(Algorithm):
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def predict(self, features: Any) -> dict[str, np.ndarray]:
-        """topic_weights = softmax(μ(x)), the mean topic mixture; CSR is densified 4,096 rows at a time."""
+        """topic_weights = softmax(μ(x)), the mean topic mixture (negative counts read as 0); CSR is densified 4,096
+        rows at a time."""
         import torch
 
         if self.state is None:
