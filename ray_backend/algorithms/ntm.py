@@ -26,6 +26,7 @@ from ray_backend.algorithms.sgd import AUTO, check_hyperparameters, choice, flag
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
 OPTIMIZERS = ("sgd", "adam", "adagrad", "adadelta", "rmsprop")
 OUTPUT = "topic_weights"
+REFINE = 20  # EM steps on each document's topic mixture at scoring
 
 
 def _encoder_layers(name: str, value: Any) -> Any:
@@ -173,17 +174,25 @@ class NTM(Algorithm):
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def predict(self, features: Any) -> dict[str, np.ndarray]:
-        """topic_weights = softmax(μ(x)), the mean topic mixture (negative counts read as 0); CSR is densified 4,096
-        rows at a time."""
+        """topic_weights: the encoder's mean topic mixture softmax(μ(x)), refined by REFINE EM steps of the topic
+        mixture under the topic-word matrix (θ ← θ∘(Φ·(x / θΦ)) / Σx, as LDA's per-document inference; documents
+        without words keep the encoder's); negative counts read as 0; CSR is densified 4,096 rows at a time."""
         import torch
 
         if self.state is None:
             raise RuntimeError("load_state() first")
         out = []
+        phi = torch.from_numpy(self.topic_word().astype(np.float32))
         with torch.no_grad():
             for a in range(0, max(features.shape[0], 1), 4096):
-                mu, _ = self._net.encode(self._dense(features[a:a + 4096]))
-                out.append(torch.softmax(mu, dim=1).numpy())
+                x = self._dense(features[a:a + 4096]).clamp_min(0.0)
+                theta = torch.softmax(self._net.encode(x)[0], dim=1)
+                words = x.sum(1, keepdim=True)
+                has = words > 0
+                for _ in range(REFINE):
+                    step = theta * ((x / (theta @ phi).clamp_min(1e-30)) @ phi.T) / words.clamp_min(1e-30)
+                    theta = torch.where(has, step, theta)
+                out.append(theta.numpy())
         return {OUTPUT: np.concatenate(out).astype(np.float32)[:features.shape[0]]}
 
     def topic_word(self) -> np.ndarray:

@@ -114,7 +114,7 @@ def test_quality_against_spark_lda_online(spark, ray_local, tmp_path):
     train, held = sparse_rows(spark, x[:20000]).repartition(2).cache(), sparse_rows(spark, x[20000:], 20000).cache()
     train.count(), held.count()
     t0 = time.perf_counter()
-    ntm = NTM(num_topics=10, batch_norm=True, optimizer="adam", learning_rate=0.002, epochs=10, numWorkers=2,
+    ntm = NTM(num_topics=10, batch_norm=True, optimizer="adam", learning_rate=0.002, epochs=25, numWorkers=2,
               stagingUri=str(tmp_path)).fit(train)
     ntm_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
