@@ -4,7 +4,9 @@ log-variance of a Gaussian whose softmax is the document's topic mixture (a logi
 approximation of a Dirichlet(1) prior); the decoder gives word log-probabilities log_softmax(θ·B) — with
 `batch_norm`, batch-normalized (and the encoder's mean and log-variance too), which keeps topics from collapsing.
 The loss per document is the negative ELBO: −Σ_w x_w log p(w|θ) + KL(q(θ|x) ‖ prior); its sum over words gives
-perplexity exp(loss / words).
+perplexity exp(loss / words). Each topic's word distribution (`topic_word`) is estimated from the training
+documents' inferred mixtures at each epoch's end, and scoring refines the encoder's mixture by a few EM steps under
+it (`predict`).
 
 Data parallel: every step, each worker's gradient sums over its mini-batch are allreduced together with the record
 count and divided by the total (one allreduce per step); a worker whose data ran out sends zeros, and the epoch ends
