@@ -21,6 +21,7 @@ BUILTIN = {
     "factorization-machines": "ray_backend.algorithms.factorization_machines:FactorizationMachines",
     "xgboost": "ray_backend.algorithms.xgboost:XGBoost",
     "knn": "ray_backend.algorithms.knn:KNN",
+    "ntm": "ray_backend.algorithms.ntm:NTM",
 }
 
 

@@ -27,6 +27,7 @@ SPECIAL = {
                        {"modelFactory", "validationIndicatorCol"}),
 }
 NO_DEFAULT = {"XGBoostClassifier": {"weightCol"}, "XGBoostRegressor": {"weightCol"}}
+COUNTS = {"NTM"}  # estimators of non-negative counts: they fit the features' absolute values
 
 
 def _exported(kind: type) -> dict[str, type]:
@@ -61,7 +62,13 @@ def case(request, cancer_vectors, ray_local, tmp_path_factory):
     """(estimator, model fitted with a param map, required-without-default Param names)."""
     factory, required = ESTIMATORS[request.param]
     est = factory(str(tmp_path_factory.mktemp("staging")))
-    model = est.fit(cancer_vectors, {_output_param(est): "pred"})
+    data = cancer_vectors
+    if request.param in COUNTS:
+        from pyspark.ml.functions import array_to_vector, vector_to_array
+        from pyspark.sql import functions as F
+
+        data = data.withColumn("features", array_to_vector(F.transform(vector_to_array("features"), F.abs)))
+    model = est.fit(data, {_output_param(est): "pred"})
     return est, model, required | NO_DEFAULT_ANYWHERE
 
 
