@@ -16,6 +16,7 @@ _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml
              "FactorizationMachinesBinaryClassifier", "FactorizationMachinesRegressor", "FactorizationMachinesModel")},
          "KMeans": "sparkml_ext.ml.kmeans", "KMeansModel": "sparkml_ext.ml.kmeans",
          "PCA": "sparkml_ext.ml.pca", "PCAModel": "sparkml_ext.ml.pca",
+         **{name: "sparkml_ext.ml.random_cut_forest" for name in ("RandomCutForest", "RandomCutForestModel")},
          **{name: "sparkml_ext.ml.xgboost" for name in (
              "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")},
          "HyperparameterTuner": "sparkml_ext.ml.tuning", "TunerModel": "sparkml_ext.ml.tuning",

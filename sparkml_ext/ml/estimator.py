@@ -330,7 +330,7 @@ def _builtin_model_class(meta: dict) -> type[RayModel]:
     import sparkml_ext
 
     name = {"linear-learner": "LinearLearnerModel", "kmeans": "KMeansModel", "pca": "PCAModel",
-            "factorization-machines": "FactorizationMachinesModel",
+            "factorization-machines": "FactorizationMachinesModel", "random-cut-forest": "RandomCutForestModel",
             "xgboost": "XGBoostClassificationModel" if "predicted_label" in meta["output_columns"]
             else "XGBoostRegressionModel"}.get(meta["algorithm"])
     return getattr(sparkml_ext, name) if name else RayModel
