@@ -210,7 +210,16 @@ class Forest:
         self.cut_mid = np.zeros(len(self.feature))
         self.cut_half = np.zeros(len(self.feature))
         self.cut_mid[inner], self.cut_half[inner] = (lo + hi) / 2.0, (hi - lo) / 2.0
+        # leaves lead to themselves (threshold +inf: "left", left = the leaf) and separate nothing (half-width +inf)
+        leaves = np.flatnonzero(self.is_leaf)
+        self.cut_half[leaves] = np.inf
+        self.threshold = self.threshold.copy()
+        self.threshold[leaves] = np.inf
+        self.left = self.left.copy()
+        self.left[leaves] = leaves
         self.range_sum = (self.box_max.astype(np.float64) - self.box_min).sum(axis=1)
+        self.range_or1 = np.where(self.is_leaf, 1.0, self.range_sum)
+        self.point_sum = self.box_min.sum(axis=1, dtype=np.float64)  # a leaf's point: its coordinates' sum
         depth = np.asarray(arrays["depth"], np.float64)
         mass = np.asarray(arrays["mass"], np.float64)
         samples = np.asarray(samples_per_tree, np.float64)
@@ -231,9 +240,15 @@ class Forest:
         return out
 
     def _leaf_scores(self, x: np.ndarray, point: np.ndarray, node: np.ndarray) -> np.ndarray:
-        """At the leaf a path ends in: 1/(depth + 1), or the damped seen-score when x equals the leaf's point."""
-        same = (x[point] == self.box_min[node]).all(axis=1)
-        return np.where(same, self.seen[node], self.unseen[node])
+        """At the leaf a path ends in: 1/(depth + 1), or the damped seen-score when x equals the leaf's point
+        (rows compared only where their coordinate sums already match)."""
+        out = self.unseen[node]
+        sums = x.sum(axis=1, dtype=np.float64)
+        maybe = np.flatnonzero(sums[point] == self.point_sum[node])
+        if len(maybe):
+            same = (x[point[maybe]] == self.box_min[node[maybe]]).all(axis=1)
+            out[maybe[same]] = self.seen[node[maybe[same]]]
+        return out
 
     def _score_chunk(self, x: np.ndarray) -> np.ndarray:
         m, d, trees = x.shape[0], x.shape[1], len(self.roots)
@@ -243,20 +258,23 @@ class Forest:
         node = np.tile(self.roots, m)
         weight = np.tile(self.norm, m)  # normalizer · Π(1 − p) over the path so far
         acc = np.zeros(m * trees)
-        while True:
+        while len(pair):
             leaf = self.is_leaf[node]
-            if leaf.any():  # leaves end their paths: the leaf's score, then the pair is dropped
+            finished = int(np.count_nonzero(leaf))
+            if finished == len(pair) or finished * 4 > len(pair):
+                # pairs at leaves are dropped (with their leaf's score) once there are enough of them; until then
+                # they stay put, as a leaf leads to itself and adds nothing (see __init__)
                 ends = pair[leaf]
                 acc[ends] += weight[leaf] * self._leaf_scores(x, ends // trees, node[leaf])
                 keep = ~leaf
                 pair, node, weight, offset = pair[keep], node[keep], weight[keep], offset[keep]
-            if not len(pair):
-                break
+                if not len(pair):
+                    break
             v = flat[offset + self.feature[node]]
             g = np.abs(v - self.cut_mid[node])
             g -= self.cut_half[node]
             np.maximum(g, 0.0, out=g)  # how far x lies outside the node's extent in the cut dimension
-            p = g / (self.range_sum[node] + g)
+            p = g / (self.range_or1[node] + g)
             p *= weight
             acc[pair] += p * self.unseen[node]
             weight -= p
