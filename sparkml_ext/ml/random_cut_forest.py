@@ -80,8 +80,11 @@ class RandomCutForest(BuiltinEstimator, _RandomCutForestParams):
         return self.isDefined(self.validationIndicatorCol) or self.getValidationFraction() > 0
 
     def _fit(self, dataset: DataFrame) -> RandomCutForestModel:
-        self._needs_label = self._labelled_validation(dataset)  # this instance is fit's own copy
-        return super()._fit(dataset)
+        if not self._labelled_validation(dataset):
+            return super()._fit(dataset)
+        labelled = self.copy()  # stages labelCol with both channels; this estimator stays label-free
+        labelled._needs_label = True
+        return super(RandomCutForest, labelled)._fit(dataset)
 
     @classmethod
     def _model_class(cls) -> type[RandomCutForestModel]:

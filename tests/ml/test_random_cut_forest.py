@@ -13,7 +13,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 
 from ray_backend.errors import JobError
-from sparkml_ext import RandomCutForest, RandomCutForestModel
+from sparkml_ext import RandomCutForest, RandomCutForestModel, RayModel
 
 pytestmark = pytest.mark.ray
 
@@ -129,6 +129,7 @@ def test_save_and_load(digits, fitted, tmp_path):
     fitted.write().save(str(tmp_path / "model"))
     loaded = RandomCutForestModel.load(str(tmp_path / "model"))
     assert_df_equality(loaded.transform(df), fitted.transform(df), ignore_row_order=True)
+    assert type(RayModel.fromArtifact(fitted.artifactUri)) is RandomCutForestModel
     est = RandomCutForest(num_trees=7, num_samples_per_tree=64, eval_metrics="[accuracy]")
     est.save(str(tmp_path / "est"))
     back = RandomCutForest.load(str(tmp_path / "est"))
