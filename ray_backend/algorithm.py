@@ -19,6 +19,7 @@ BUILTIN = {
     "kmeans": "ray_backend.algorithms.kmeans:KMeans",
     "pca": "ray_backend.algorithms.pca:PCA",
     "factorization-machines": "ray_backend.algorithms.factorization_machines:FactorizationMachines",
+    "random-cut-forest": "ray_backend.algorithms.random_cut_forest:RandomCutForest",
     "xgboost": "ray_backend.algorithms.xgboost:XGBoost",
     "knn": "ray_backend.algorithms.knn:KNN",
     "ntm": "ray_backend.algorithms.ntm:NTM",

@@ -22,6 +22,7 @@ _LAZY = {"RayEstimator": "sparkml_ext.ml.estimator", "RayModel": "sparkml_ext.ml
          "PCA": "sparkml_ext.ml.pca", "PCAModel": "sparkml_ext.ml.pca",
          **{name: "sparkml_ext.ml.knn" for name in ("KNNClassifier", "KNNRegressor", "KNNModel")},
          "NTM": "sparkml_ext.ml.ntm", "NTMModel": "sparkml_ext.ml.ntm",
+         **{name: "sparkml_ext.ml.random_cut_forest" for name in ("RandomCutForest", "RandomCutForestModel")},
          **{name: "sparkml_ext.ml.xgboost" for name in (
              "XGBoostClassifier", "XGBoostRegressor", "XGBoostClassificationModel", "XGBoostRegressionModel")},
          "HyperparameterTuner": "sparkml_ext.ml.tuning", "TunerModel": "sparkml_ext.ml.tuning",

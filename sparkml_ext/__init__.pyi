@@ -5,7 +5,7 @@ from typing import Any
 
 from pyspark.ml import Estimator, Model
 
-__all__ = ['CategoricalParameter', 'Channel', 'ChannelValidationError', 'ContinuousParameter', 'FactorizationMachinesBinaryClassifier', 'FactorizationMachinesModel', 'FactorizationMachinesRegressor', 'HyperparameterTuner', 'IntegerParameter', 'KMeans', 'KMeansModel', 'LinearLearnerBinaryClassifier', 'LinearLearnerModel', 'LinearLearnerMultiClassClassifier', 'LinearLearnerRegressor', 'PCA', 'PCAModel', 'RayEstimator', 'RayModel', 'TorchEstimator', 'TunerModel', 'XGBoostClassificationModel', 'XGBoostClassifier', 'XGBoostRegressionModel', 'XGBoostRegressor', 'channel_uri', 'delete_job', 'read_recordio', 'register_data_source', 'shutdown', 'write_channel']
+__all__ = ['CategoricalParameter', 'Channel', 'ChannelValidationError', 'ContinuousParameter', 'FactorizationMachinesBinaryClassifier', 'FactorizationMachinesModel', 'FactorizationMachinesRegressor', 'HyperparameterTuner', 'IntegerParameter', 'KMeans', 'KMeansModel', 'KNNClassifier', 'KNNModel', 'KNNRegressor', 'LinearLearnerBinaryClassifier', 'LinearLearnerModel', 'LinearLearnerMultiClassClassifier', 'LinearLearnerRegressor', 'NTM', 'NTMModel', 'PCA', 'PCAModel', 'RandomCutForest', 'RandomCutForestModel', 'RayEstimator', 'RayModel', 'TorchEstimator', 'TunerModel', 'XGBoostClassificationModel', 'XGBoostClassifier', 'XGBoostRegressionModel', 'XGBoostRegressor', 'channel_uri', 'delete_job', 'read_recordio', 'register_data_source', 'shutdown', 'write_channel']
 
 
 class CategoricalParameter:
@@ -1850,6 +1850,844 @@ class KMeansModel(Model):
         """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""
 
 
+class KNNClassifier(Estimator):
+    """k-NN classification on Ray (SageMaker's k-NN, predictor_type classifier): majority vote of the k nearest sampled training records, ties to the smallest label."""
+    def __init__(
+        self,
+        *,
+        algorithm: str = 'knn',
+        backend: str = 'torch',
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        dimension_reduction_target: int | None = None,
+        dimension_reduction_type: Any = None,
+        distanceToClusterCol: str = 'distance_to_cluster',
+        faiss_index_ivf_nlists: int | str = 'auto',
+        faiss_index_nprobe: int | str = 'auto',
+        faiss_index_pq_m: str = 'auto',
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        hyperparameters: dict[str, Any] | dict = ...,
+        index_metric: str = 'L2',
+        index_type: str = 'faiss.Flat',
+        initialModelUri: str = '',
+        k: int = 10,
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        maxFailures: int = 0,
+        mini_batch_size: int = 5000,
+        nativeScoring: bool = True,
+        neighborDistancesCol: str = '',
+        neighborLabelsCol: str = '',
+        numWorkers: int = 1,
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        reuseStagedData: bool = True,
+        sample_size: int = 1000000,
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationData: Any = None,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getAlgorithm(self) -> str:
+        """Get algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def setAlgorithm(self, value: str) -> KNNClassifier:
+        """Set algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> KNNClassifier:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> KNNClassifier:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> KNNClassifier:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDimensionReductionTarget(self) -> int | None:
+        """Get dimension_reduction_target: dimensions after dimension_reduction_type (required with it; less than feature_dim)"""
+    def setDimensionReductionTarget(self, value: int | None) -> KNNClassifier:
+        """Set dimension_reduction_target: dimensions after dimension_reduction_type (required with it; less than feature_dim)"""
+    def getDimensionReductionType(self) -> Any:
+        """Get dimension_reduction_type: reduce the features before indexing: sign (random ±1 projection) or fjlt (fast Johnson-Lindenstrauss transform); unset = none"""
+    def setDimensionReductionType(self, value: Any) -> KNNClassifier:
+        """Set dimension_reduction_type: reduce the features before indexing: sign (random ±1 projection) or fjlt (fast Johnson-Lindenstrauss transform); unset = none"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> KNNClassifier:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getFaissIndexIvfNlists(self) -> int | str:
+        """Get faiss_index_ivf_nlists: IVF cells (centroids) for faiss.IVFFlat/IVFPQ; auto = sqrt(sampled records)"""
+    def setFaissIndexIvfNlists(self, value: int | str) -> KNNClassifier:
+        """Set faiss_index_ivf_nlists: IVF cells (centroids) for faiss.IVFFlat/IVFPQ; auto = sqrt(sampled records)"""
+    def getFaissIndexNprobe(self) -> int | str:
+        """Get faiss_index_nprobe: IVF cells searched per query (not a SageMaker hyperparameter; more = higher recall, slower); auto = a quarter of faiss_index_ivf_nlists"""
+    def setFaissIndexNprobe(self, value: int | str) -> KNNClassifier:
+        """Set faiss_index_nprobe: IVF cells searched per query (not a SageMaker hyperparameter; more = higher recall, slower); auto = a quarter of faiss_index_ivf_nlists"""
+    def getFaissIndexPqM(self) -> str:
+        """Get faiss_index_pq_m: faiss.IVFPQ sub-vectors, one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96 (the dimension is zero-padded to a multiple); auto = the largest dividing the dimension with sub-vectors of at least 4 dimensions"""
+    def setFaissIndexPqM(self, value: str) -> KNNClassifier:
+        """Set faiss_index_pq_m: faiss.IVFPQ sub-vectors, one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96 (the dimension is zero-padded to a multiple); auto = the largest dividing the dimension with sub-vectors of at least 4 dimensions"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: features per record; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> KNNClassifier:
+        """Set feature_dim: features per record; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> KNNClassifier:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> KNNClassifier:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getHyperparameters(self) -> dict[str, Any] | dict:
+        """Get hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def setHyperparameters(self, value: dict[str, Any] | dict) -> KNNClassifier:
+        """Set hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def getIndexMetric(self) -> str:
+        """Get index_metric: distance: L2 (Euclidean), INNER_PRODUCT or COSINE (IVFPQ: L2 only)"""
+    def setIndexMetric(self, value: str) -> KNNClassifier:
+        """Set index_metric: distance: L2 (Euclidean), INNER_PRODUCT or COSINE (IVFPQ: L2 only)"""
+    def getIndexType(self) -> str:
+        """Get index_type: faiss index: faiss.Flat (exact), faiss.IVFFlat or faiss.IVFPQ (approximate)"""
+    def setIndexType(self, value: str) -> KNNClassifier:
+        """Set index_type: faiss index: faiss.Flat (exact), faiss.IVFFlat or faiss.IVFPQ (approximate)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> KNNClassifier:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getK(self) -> int:
+        """Get k: number of nearest neighbours that vote (classifier) or are averaged (regressor)"""
+    def setK(self, value: int) -> KNNClassifier:
+        """Set k: number of nearest neighbours that vote (classifier) or are averaged (regressor)"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> KNNClassifier:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> KNNClassifier:
+        """Set labelCol: label column name."""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> KNNClassifier:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getMiniBatchSize(self) -> int:
+        """Get mini_batch_size: records per batch while sampling and scoring validation data"""
+    def setMiniBatchSize(self, value: int) -> KNNClassifier:
+        """Set mini_batch_size: records per batch while sampling and scoring validation data"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> KNNClassifier:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNeighborDistancesCol(self) -> str:
+        """Get neighborDistancesCol: column for the distances to the k nearest (SageMaker's verbose `distances`: Euclidean for L2, the inner product or cosine similarity otherwise); empty (default) leaves it out"""
+    def setNeighborDistancesCol(self, value: str) -> KNNClassifier:
+        """Set neighborDistancesCol: column for the distances to the k nearest (SageMaker's verbose `distances`: Euclidean for L2, the inner product or cosine similarity otherwise); empty (default) leaves it out"""
+    def getNeighborLabelsCol(self) -> str:
+        """Get neighborLabelsCol: column for the k nearest training labels (SageMaker's verbose `labels`, nearest first, NaN where an IVF search found fewer); empty (default) leaves it out"""
+    def setNeighborLabelsCol(self, value: str) -> KNNClassifier:
+        """Set neighborLabelsCol: column for the k nearest training labels (SageMaker's verbose `labels`, nearest first, NaN where an IVF search found fewer); empty (default) leaves it out"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> KNNClassifier:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> KNNClassifier:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> KNNClassifier:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> KNNClassifier:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> KNNClassifier:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> KNNClassifier:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> KNNClassifier:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> KNNClassifier:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> KNNClassifier:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getSampleSize(self) -> int:
+        """Get sample_size: training records sampled (uniformly, every worker its proportional share) into the index; all of them when the data is smaller (required by SageMaker; defaults here to 1e6)"""
+    def setSampleSize(self, value: int) -> KNNClassifier:
+        """Set sample_size: training records sampled (uniformly, every worker its proportional share) into the index; all of them when the data is smaller (required by SageMaker; defaults here to 1e6)"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> KNNClassifier:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> KNNClassifier:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> KNNClassifier:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> KNNClassifier:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> KNNClassifier:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> KNNClassifier:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> KNNClassifier:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> KNNClassifier:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationData(self) -> Any:
+        """Get validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def setValidationData(self, value: Any) -> KNNClassifier:
+        """Set validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> KNNClassifier:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> KNNClassifier:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> KNNClassifier:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def fitMultiple(self, dataset, paramMaps) -> Any:
+        """Fit one model per param map (CrossValidator, TrainValidationSplit); all of them train on one staging of `dataset` (per distinct staging options), deleted once the last model is fitted."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    def setParams(self, **params) -> Any:
+        """Set several Params by name."""
+    def write(self) -> Any:
+        """Persist this estimator's Params as JSON."""
+
+
+class KNNModel(Model):
+    """A fitted k-NN model: `prediction` and `predicted_label`, optionally the neighbours' labels and distances."""
+    def __init__(
+        self,
+        *,
+        backend: str = 'torch',
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        dimension_reduction_target: int | None = None,
+        dimension_reduction_type: Any = None,
+        distanceToClusterCol: str = 'distance_to_cluster',
+        endpointCreationPolicy: str = 'CREATE_ON_TRANSFORM',
+        endpointHost: str = '127.0.0.1',
+        endpointName: str = '',
+        endpointPort: int = 0,
+        endpointReplicas: int = 1,
+        endpointUrl: str = '',
+        faiss_index_ivf_nlists: int | str = 'auto',
+        faiss_index_nprobe: int | str = 'auto',
+        faiss_index_pq_m: str = 'auto',
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        index_metric: str = 'L2',
+        index_type: str = 'faiss.Flat',
+        initialModelUri: str = '',
+        k: int = 10,
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        maxBatchBytes: int = 5242880,
+        maxBatchRecords: int = 10000,
+        maxConcurrentRequests: int = 4,
+        maxFailures: int = 0,
+        maxRetries: int = 6,
+        mini_batch_size: int = 5000,
+        nativeScoring: bool = True,
+        neighborDistancesCol: str = '',
+        neighborLabelsCol: str = '',
+        numWorkers: int = 1,
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        requestTimeout: float = 60.0,
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        retryBackoff: float = 0.2,
+        reuseStagedData: bool = True,
+        sagemakerEndpointName: str = '',
+        sagemakerRegion: str = '',
+        sagemakerRuntimeUrl: str = '',
+        sample_size: int = 1000000,
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> KNNModel:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> KNNModel:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> KNNModel:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDimensionReductionTarget(self) -> int | None:
+        """Get dimension_reduction_target: dimensions after dimension_reduction_type (required with it; less than feature_dim)"""
+    def setDimensionReductionTarget(self, value: int | None) -> KNNModel:
+        """Set dimension_reduction_target: dimensions after dimension_reduction_type (required with it; less than feature_dim)"""
+    def getDimensionReductionType(self) -> Any:
+        """Get dimension_reduction_type: reduce the features before indexing: sign (random ±1 projection) or fjlt (fast Johnson-Lindenstrauss transform); unset = none"""
+    def setDimensionReductionType(self, value: Any) -> KNNModel:
+        """Set dimension_reduction_type: reduce the features before indexing: sign (random ±1 projection) or fjlt (fast Johnson-Lindenstrauss transform); unset = none"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> KNNModel:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getEndpointCreationPolicy(self) -> str:
+        """Get endpointCreationPolicy: when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or DO_NOT_CREATE (it must exist)"""
+    def setEndpointCreationPolicy(self, value: str) -> KNNModel:
+        """Set endpointCreationPolicy: when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or DO_NOT_CREATE (it must exist)"""
+    def getEndpointHost(self) -> str:
+        """Get endpointHost: address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other hosts' executors reach, which needs a bearer token (setEndpointToken or $SPARKML_EXT_ENDPOINT_TOKEN)"""
+    def setEndpointHost(self, value: str) -> KNNModel:
+        """Set endpointHost: address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other hosts' executors reach, which needs a bearer token (setEndpointToken or $SPARKML_EXT_ENDPOINT_TOKEN)"""
+    def getEndpointName(self) -> str:
+        """Get endpointName: score through the endpoint of this name (one this package creates/created on the Ray cluster of rayAddress); empty = in-cluster unless endpointUrl is set"""
+    def setEndpointName(self, value: str) -> KNNModel:
+        """Set endpointName: score through the endpoint of this name (one this package creates/created on the Ray cluster of rayAddress); empty = in-cluster unless endpointUrl is set"""
+    def getEndpointPort(self) -> int:
+        """Get endpointPort: HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a free port when another Ray cluster's proxy holds 8000)"""
+    def setEndpointPort(self, value: int) -> KNNModel:
+        """Set endpointPort: HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a free port when another Ray cluster's proxy holds 8000)"""
+    def getEndpointReplicas(self) -> int:
+        """Get endpointReplicas: replicas of an endpoint this model creates"""
+    def setEndpointReplicas(self, value: int) -> KNNModel:
+        """Set endpointReplicas: replicas of an endpoint this model creates"""
+    def getEndpointUrl(self) -> str:
+        """Get endpointUrl: score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is appended unless present); takes precedence over endpointName"""
+    def setEndpointUrl(self, value: str) -> KNNModel:
+        """Set endpointUrl: score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is appended unless present); takes precedence over endpointName"""
+    def getFaissIndexIvfNlists(self) -> int | str:
+        """Get faiss_index_ivf_nlists: IVF cells (centroids) for faiss.IVFFlat/IVFPQ; auto = sqrt(sampled records)"""
+    def setFaissIndexIvfNlists(self, value: int | str) -> KNNModel:
+        """Set faiss_index_ivf_nlists: IVF cells (centroids) for faiss.IVFFlat/IVFPQ; auto = sqrt(sampled records)"""
+    def getFaissIndexNprobe(self) -> int | str:
+        """Get faiss_index_nprobe: IVF cells searched per query (not a SageMaker hyperparameter; more = higher recall, slower); auto = a quarter of faiss_index_ivf_nlists"""
+    def setFaissIndexNprobe(self, value: int | str) -> KNNModel:
+        """Set faiss_index_nprobe: IVF cells searched per query (not a SageMaker hyperparameter; more = higher recall, slower); auto = a quarter of faiss_index_ivf_nlists"""
+    def getFaissIndexPqM(self) -> str:
+        """Get faiss_index_pq_m: faiss.IVFPQ sub-vectors, one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96 (the dimension is zero-padded to a multiple); auto = the largest dividing the dimension with sub-vectors of at least 4 dimensions"""
+    def setFaissIndexPqM(self, value: str) -> KNNModel:
+        """Set faiss_index_pq_m: faiss.IVFPQ sub-vectors, one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96 (the dimension is zero-padded to a multiple); auto = the largest dividing the dimension with sub-vectors of at least 4 dimensions"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: features per record; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> KNNModel:
+        """Set feature_dim: features per record; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> KNNModel:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> KNNModel:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getIndexMetric(self) -> str:
+        """Get index_metric: distance: L2 (Euclidean), INNER_PRODUCT or COSINE (IVFPQ: L2 only)"""
+    def setIndexMetric(self, value: str) -> KNNModel:
+        """Set index_metric: distance: L2 (Euclidean), INNER_PRODUCT or COSINE (IVFPQ: L2 only)"""
+    def getIndexType(self) -> str:
+        """Get index_type: faiss index: faiss.Flat (exact), faiss.IVFFlat or faiss.IVFPQ (approximate)"""
+    def setIndexType(self, value: str) -> KNNModel:
+        """Set index_type: faiss index: faiss.Flat (exact), faiss.IVFFlat or faiss.IVFPQ (approximate)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> KNNModel:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getK(self) -> int:
+        """Get k: number of nearest neighbours that vote (classifier) or are averaged (regressor)"""
+    def setK(self, value: int) -> KNNModel:
+        """Set k: number of nearest neighbours that vote (classifier) or are averaged (regressor)"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> KNNModel:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> KNNModel:
+        """Set labelCol: label column name."""
+    def getMaxBatchBytes(self) -> int:
+        """Get maxBatchBytes: largest request body in bytes (records are never split)"""
+    def setMaxBatchBytes(self, value: int) -> KNNModel:
+        """Set maxBatchBytes: largest request body in bytes (records are never split)"""
+    def getMaxBatchRecords(self) -> int:
+        """Get maxBatchRecords: most records per request"""
+    def setMaxBatchRecords(self, value: int) -> KNNModel:
+        """Set maxBatchRecords: most records per request"""
+    def getMaxConcurrentRequests(self) -> int:
+        """Get maxConcurrentRequests: requests in flight per Spark task"""
+    def setMaxConcurrentRequests(self, value: int) -> KNNModel:
+        """Set maxConcurrentRequests: requests in flight per Spark task"""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> KNNModel:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getMaxRetries(self) -> int:
+        """Get maxRetries: retries of a request after a connection error, 429 or 5xx (a 4xx is never retried)"""
+    def setMaxRetries(self, value: int) -> KNNModel:
+        """Set maxRetries: retries of a request after a connection error, 429 or 5xx (a 4xx is never retried)"""
+    def getMiniBatchSize(self) -> int:
+        """Get mini_batch_size: records per batch while sampling and scoring validation data"""
+    def setMiniBatchSize(self, value: int) -> KNNModel:
+        """Set mini_batch_size: records per batch while sampling and scoring validation data"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> KNNModel:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNeighborDistancesCol(self) -> str:
+        """Get neighborDistancesCol: column for the distances to the k nearest (SageMaker's verbose `distances`: Euclidean for L2, the inner product or cosine similarity otherwise); empty (default) leaves it out"""
+    def setNeighborDistancesCol(self, value: str) -> KNNModel:
+        """Set neighborDistancesCol: column for the distances to the k nearest (SageMaker's verbose `distances`: Euclidean for L2, the inner product or cosine similarity otherwise); empty (default) leaves it out"""
+    def getNeighborLabelsCol(self) -> str:
+        """Get neighborLabelsCol: column for the k nearest training labels (SageMaker's verbose `labels`, nearest first, NaN where an IVF search found fewer); empty (default) leaves it out"""
+    def setNeighborLabelsCol(self, value: str) -> KNNModel:
+        """Set neighborLabelsCol: column for the k nearest training labels (SageMaker's verbose `labels`, nearest first, NaN where an IVF search found fewer); empty (default) leaves it out"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> KNNModel:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> KNNModel:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> KNNModel:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> KNNModel:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> KNNModel:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> KNNModel:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> KNNModel:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getRequestTimeout(self) -> float:
+        """Get requestTimeout: seconds to wait for one response"""
+    def setRequestTimeout(self, value: float) -> KNNModel:
+        """Set requestTimeout: seconds to wait for one response"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> KNNModel:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getRetryBackoff(self) -> float:
+        """Get retryBackoff: first retry delay in seconds; doubles per retry (with jitter, at most 10 s)"""
+    def setRetryBackoff(self, value: float) -> KNNModel:
+        """Set retryBackoff: first retry delay in seconds; doubles per retry (with jitter, at most 10 s)"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> KNNModel:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getSagemakerEndpointName(self) -> str:
+        """Get sagemakerEndpointName: score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, requests signed with SigV4 by botocore from each executor's own AWS credential chain; bodies at most 6 MB; throttling retried); takes precedence over endpointUrl and endpointName"""
+    def setSagemakerEndpointName(self, value: str) -> KNNModel:
+        """Set sagemakerEndpointName: score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, requests signed with SigV4 by botocore from each executor's own AWS credential chain; bodies at most 6 MB; throttling retried); takes precedence over endpointUrl and endpointName"""
+    def getSagemakerRegion(self) -> str:
+        """Get sagemakerRegion: AWS region of sagemakerEndpointName; empty = the executors' default region (AWS_REGION, AWS_DEFAULT_REGION, the profile)"""
+    def setSagemakerRegion(self, value: str) -> KNNModel:
+        """Set sagemakerRegion: AWS region of sagemakerEndpointName; empty = the executors' default region (AWS_REGION, AWS_DEFAULT_REGION, the profile)"""
+    def getSagemakerRuntimeUrl(self) -> str:
+        """Get sagemakerRuntimeUrl: base URL of the SageMaker Runtime API; empty = AWS's https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or one of our endpoints' Serve address)"""
+    def setSagemakerRuntimeUrl(self, value: str) -> KNNModel:
+        """Set sagemakerRuntimeUrl: base URL of the SageMaker Runtime API; empty = AWS's https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or one of our endpoints' Serve address)"""
+    def getSampleSize(self) -> int:
+        """Get sample_size: training records sampled (uniformly, every worker its proportional share) into the index; all of them when the data is smaller (required by SageMaker; defaults here to 1e6)"""
+    def setSampleSize(self, value: int) -> KNNModel:
+        """Set sample_size: training records sampled (uniformly, every worker its proportional share) into the index; all of them when the data is smaller (required by SageMaker; defaults here to 1e6)"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> KNNModel:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> KNNModel:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> KNNModel:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> KNNModel:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> KNNModel:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> KNNModel:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> KNNModel:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> KNNModel:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> KNNModel:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> KNNModel:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> KNNModel:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def createEndpoint(self) -> Any:
+        """Deploy this model's artifact as endpoint `endpointName` (if it is not there yet); returns self."""
+    def deleteEndpoint(self) -> Any:
+        """Delete endpoint `endpointName` (explicit teardown); False when it did not exist."""
+    @classmethod
+    def fromArtifact(cls, uri, **params) -> Any:
+        """A model for an artifact trained elsewhere (its model.json and checksums are read now); called on RayModel itself it returns the built-in algorithm's own model class (XGBoost, Linear Learner, ...), whose columns fit that algorithm's outputs."""
+    @property
+    def hasSummary(self) -> Any:
+        """Whether this model's artifact records its training (models we trained do; imported ones may not)."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    @property
+    def sampleSize(self) -> Any:
+        """Training records in the index."""
+    def setEndpointToken(self, token) -> Any:
+        """Bearer token for the endpoint (not a Param, so never saved); default: $SPARKML_EXT_ENDPOINT_TOKEN."""
+    @property
+    def summary(self) -> Any:
+        """A `TrainingSummary` of the fit: per-epoch metrics (`history`, `objectiveHistory`, `metric(name)`), the kept variant (`selection`), `recordsSeen`, `trainingTime`, `attempts`; RuntimeError without one."""
+    def usesEndpoint(self) -> Any:
+        """True when transform scores through an endpoint (sagemakerEndpointName, endpointUrl or endpointName set)."""
+    def write(self) -> Any:
+        """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""
+
+
+class KNNRegressor(Estimator):
+    """k-NN regression on Ray (SageMaker's k-NN, predictor_type regressor): mean label of the k nearest sampled training records."""
+    def __init__(
+        self,
+        *,
+        algorithm: str = 'knn',
+        backend: str = 'torch',
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        dimension_reduction_target: int | None = None,
+        dimension_reduction_type: Any = None,
+        distanceToClusterCol: str = 'distance_to_cluster',
+        faiss_index_ivf_nlists: int | str = 'auto',
+        faiss_index_nprobe: int | str = 'auto',
+        faiss_index_pq_m: str = 'auto',
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        hyperparameters: dict[str, Any] | dict = ...,
+        index_metric: str = 'L2',
+        index_type: str = 'faiss.Flat',
+        initialModelUri: str = '',
+        k: int = 10,
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        maxFailures: int = 0,
+        mini_batch_size: int = 5000,
+        nativeScoring: bool = True,
+        neighborDistancesCol: str = '',
+        neighborLabelsCol: str = '',
+        numWorkers: int = 1,
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        reuseStagedData: bool = True,
+        sample_size: int = 1000000,
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationData: Any = None,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getAlgorithm(self) -> str:
+        """Get algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def setAlgorithm(self, value: str) -> KNNRegressor:
+        """Set algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> KNNRegressor:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> KNNRegressor:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> KNNRegressor:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDimensionReductionTarget(self) -> int | None:
+        """Get dimension_reduction_target: dimensions after dimension_reduction_type (required with it; less than feature_dim)"""
+    def setDimensionReductionTarget(self, value: int | None) -> KNNRegressor:
+        """Set dimension_reduction_target: dimensions after dimension_reduction_type (required with it; less than feature_dim)"""
+    def getDimensionReductionType(self) -> Any:
+        """Get dimension_reduction_type: reduce the features before indexing: sign (random ±1 projection) or fjlt (fast Johnson-Lindenstrauss transform); unset = none"""
+    def setDimensionReductionType(self, value: Any) -> KNNRegressor:
+        """Set dimension_reduction_type: reduce the features before indexing: sign (random ±1 projection) or fjlt (fast Johnson-Lindenstrauss transform); unset = none"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> KNNRegressor:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getFaissIndexIvfNlists(self) -> int | str:
+        """Get faiss_index_ivf_nlists: IVF cells (centroids) for faiss.IVFFlat/IVFPQ; auto = sqrt(sampled records)"""
+    def setFaissIndexIvfNlists(self, value: int | str) -> KNNRegressor:
+        """Set faiss_index_ivf_nlists: IVF cells (centroids) for faiss.IVFFlat/IVFPQ; auto = sqrt(sampled records)"""
+    def getFaissIndexNprobe(self) -> int | str:
+        """Get faiss_index_nprobe: IVF cells searched per query (not a SageMaker hyperparameter; more = higher recall, slower); auto = a quarter of faiss_index_ivf_nlists"""
+    def setFaissIndexNprobe(self, value: int | str) -> KNNRegressor:
+        """Set faiss_index_nprobe: IVF cells searched per query (not a SageMaker hyperparameter; more = higher recall, slower); auto = a quarter of faiss_index_ivf_nlists"""
+    def getFaissIndexPqM(self) -> str:
+        """Get faiss_index_pq_m: faiss.IVFPQ sub-vectors, one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96 (the dimension is zero-padded to a multiple); auto = the largest dividing the dimension with sub-vectors of at least 4 dimensions"""
+    def setFaissIndexPqM(self, value: str) -> KNNRegressor:
+        """Set faiss_index_pq_m: faiss.IVFPQ sub-vectors, one of 1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96 (the dimension is zero-padded to a multiple); auto = the largest dividing the dimension with sub-vectors of at least 4 dimensions"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: features per record; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> KNNRegressor:
+        """Set feature_dim: features per record; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> KNNRegressor:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> KNNRegressor:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getHyperparameters(self) -> dict[str, Any] | dict:
+        """Get hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def setHyperparameters(self, value: dict[str, Any] | dict) -> KNNRegressor:
+        """Set hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def getIndexMetric(self) -> str:
+        """Get index_metric: distance: L2 (Euclidean), INNER_PRODUCT or COSINE (IVFPQ: L2 only)"""
+    def setIndexMetric(self, value: str) -> KNNRegressor:
+        """Set index_metric: distance: L2 (Euclidean), INNER_PRODUCT or COSINE (IVFPQ: L2 only)"""
+    def getIndexType(self) -> str:
+        """Get index_type: faiss index: faiss.Flat (exact), faiss.IVFFlat or faiss.IVFPQ (approximate)"""
+    def setIndexType(self, value: str) -> KNNRegressor:
+        """Set index_type: faiss index: faiss.Flat (exact), faiss.IVFFlat or faiss.IVFPQ (approximate)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> KNNRegressor:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getK(self) -> int:
+        """Get k: number of nearest neighbours that vote (classifier) or are averaged (regressor)"""
+    def setK(self, value: int) -> KNNRegressor:
+        """Set k: number of nearest neighbours that vote (classifier) or are averaged (regressor)"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> KNNRegressor:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> KNNRegressor:
+        """Set labelCol: label column name."""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> KNNRegressor:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getMiniBatchSize(self) -> int:
+        """Get mini_batch_size: records per batch while sampling and scoring validation data"""
+    def setMiniBatchSize(self, value: int) -> KNNRegressor:
+        """Set mini_batch_size: records per batch while sampling and scoring validation data"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> KNNRegressor:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNeighborDistancesCol(self) -> str:
+        """Get neighborDistancesCol: column for the distances to the k nearest (SageMaker's verbose `distances`: Euclidean for L2, the inner product or cosine similarity otherwise); empty (default) leaves it out"""
+    def setNeighborDistancesCol(self, value: str) -> KNNRegressor:
+        """Set neighborDistancesCol: column for the distances to the k nearest (SageMaker's verbose `distances`: Euclidean for L2, the inner product or cosine similarity otherwise); empty (default) leaves it out"""
+    def getNeighborLabelsCol(self) -> str:
+        """Get neighborLabelsCol: column for the k nearest training labels (SageMaker's verbose `labels`, nearest first, NaN where an IVF search found fewer); empty (default) leaves it out"""
+    def setNeighborLabelsCol(self, value: str) -> KNNRegressor:
+        """Set neighborLabelsCol: column for the k nearest training labels (SageMaker's verbose `labels`, nearest first, NaN where an IVF search found fewer); empty (default) leaves it out"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> KNNRegressor:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> KNNRegressor:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> KNNRegressor:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> KNNRegressor:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> KNNRegressor:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> KNNRegressor:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> KNNRegressor:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> KNNRegressor:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> KNNRegressor:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getSampleSize(self) -> int:
+        """Get sample_size: training records sampled (uniformly, every worker its proportional share) into the index; all of them when the data is smaller (required by SageMaker; defaults here to 1e6)"""
+    def setSampleSize(self, value: int) -> KNNRegressor:
+        """Set sample_size: training records sampled (uniformly, every worker its proportional share) into the index; all of them when the data is smaller (required by SageMaker; defaults here to 1e6)"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> KNNRegressor:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> KNNRegressor:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> KNNRegressor:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> KNNRegressor:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> KNNRegressor:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> KNNRegressor:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> KNNRegressor:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> KNNRegressor:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationData(self) -> Any:
+        """Get validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def setValidationData(self, value: Any) -> KNNRegressor:
+        """Set validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> KNNRegressor:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> KNNRegressor:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> KNNRegressor:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def fitMultiple(self, dataset, paramMaps) -> Any:
+        """Fit one model per param map (CrossValidator, TrainValidationSplit); all of them train on one staging of `dataset` (per distinct staging options), deleted once the last model is fitted."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    def setParams(self, **params) -> Any:
+        """Set several Params by name."""
+    def write(self) -> Any:
+        """Persist this estimator's Params as JSON."""
+
+
 class LinearLearnerBinaryClassifier(Estimator):
     """Binary classification (labels 0/1) with SageMaker's Linear Learner (logistic or hinge loss)."""
     def __init__(
@@ -3524,6 +4362,642 @@ class LinearLearnerRegressor(Estimator):
         """Persist this estimator's Params as JSON."""
 
 
+class NTM(Estimator):
+    """Neural topic model on Ray (SageMaker's algorithm and hyperparameters); features are word counts, no label."""
+    def __init__(
+        self,
+        *,
+        algorithm: str = 'ntm',
+        backend: str = 'torch',
+        batch_norm: bool = False,
+        clip_gradient: float = inf,
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        distanceToClusterCol: str = 'distance_to_cluster',
+        encoder_layers: str = 'auto',
+        encoder_layers_activation: str = 'sigmoid',
+        epochs: int = 50,
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        hyperparameters: dict[str, Any] | dict = ...,
+        initialModelUri: str = '',
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        learning_rate: float = 0.001,
+        maxFailures: int = 0,
+        mini_batch_size: int = 256,
+        nativeScoring: bool = True,
+        numWorkers: int = 1,
+        num_patience_epochs: int = 3,
+        num_topics: int = 10,
+        optimizer: str = 'adadelta',
+        outputCol: str = 'topic_weights',
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        rescale_gradient: float = 1.0,
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        reuseStagedData: bool = True,
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        sub_sample: float = 1.0,
+        tolerance: float = 0.001,
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationData: Any = None,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        weight_decay: float = 0.0,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getAlgorithm(self) -> str:
+        """Get algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def setAlgorithm(self, value: str) -> NTM:
+        """Set algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> NTM:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getBatchNorm(self) -> bool:
+        """Get batch_norm: batch normalization of the encoder's outputs and the decoder's word logits (keeps topics distinct; recommended)"""
+    def setBatchNorm(self, value: bool) -> NTM:
+        """Set batch_norm: batch normalization of the encoder's outputs and the decoder's word logits (keeps topics distinct; recommended)"""
+    def getClipGradient(self) -> float:
+        """Get clip_gradient: largest magnitude of a gradient component; inf: no clipping"""
+    def setClipGradient(self, value: float) -> NTM:
+        """Set clip_gradient: largest magnitude of a gradient component; inf: no clipping"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> NTM:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> NTM:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> NTM:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getEncoderLayers(self) -> str:
+        """Get encoder_layers: encoder hidden layer sizes, comma-separated; auto: 3·num_topics, 2·num_topics"""
+    def setEncoderLayers(self, value: str) -> NTM:
+        """Set encoder_layers: encoder hidden layer sizes, comma-separated; auto: 3·num_topics, 2·num_topics"""
+    def getEncoderLayersActivation(self) -> str:
+        """Get encoder_layers_activation: activation of the encoder layers: sigmoid, tanh or relu"""
+    def setEncoderLayersActivation(self, value: str) -> NTM:
+        """Set encoder_layers_activation: activation of the encoder layers: sigmoid, tanh or relu"""
+    def getEpochs(self) -> int:
+        """Get epochs: maximum passes over the training data"""
+    def setEpochs(self, value: int) -> NTM:
+        """Set epochs: maximum passes over the training data"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: vocabulary size; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> NTM:
+        """Set feature_dim: vocabulary size; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> NTM:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> NTM:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getHyperparameters(self) -> dict[str, Any] | dict:
+        """Get hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def setHyperparameters(self, value: dict[str, Any] | dict) -> NTM:
+        """Set hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> NTM:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> NTM:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> NTM:
+        """Set labelCol: label column name."""
+    def getLearningRate(self) -> float:
+        """Get learning_rate: the optimizer's learning rate"""
+    def setLearningRate(self, value: float) -> NTM:
+        """Set learning_rate: the optimizer's learning rate"""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> NTM:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getMiniBatchSize(self) -> int:
+        """Get mini_batch_size: documents per mini-batch on each worker (a step averages the gradients of every worker's mini-batch)"""
+    def setMiniBatchSize(self, value: int) -> NTM:
+        """Set mini_batch_size: documents per mini-batch on each worker (a step averages the gradients of every worker's mini-batch)"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> NTM:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> NTM:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getNumPatienceEpochs(self) -> int:
+        """Get num_patience_epochs: epochs over which early stopping looks at the loss (validation loss when there is validation data); more than epochs disables it"""
+    def setNumPatienceEpochs(self, value: int) -> NTM:
+        """Set num_patience_epochs: epochs over which early stopping looks at the loss (validation loss when there is validation data); more than epochs disables it"""
+    def getNumTopics(self) -> int:
+        """Get num_topics: number of topics (SageMaker requires it; 10 as Spark LDA's k when unset)"""
+    def setNumTopics(self, value: int) -> NTM:
+        """Set num_topics: number of topics (SageMaker requires it; 10 as Spark LDA's k when unset)"""
+    def getOptimizer(self) -> str:
+        """Get optimizer: sgd, adam, adagrad, adadelta or rmsprop (adadelta, SageMaker's default, sets its own step sizes: learning_rate does not apply to it)"""
+    def setOptimizer(self, value: str) -> NTM:
+        """Set optimizer: sgd, adam, adagrad, adadelta or rmsprop (adadelta, SageMaker's default, sets its own step sizes: learning_rate does not apply to it)"""
+    def getOutputCol(self) -> str:
+        """Get outputCol: output column name."""
+    def setOutputCol(self, value: str) -> NTM:
+        """Set outputCol: output column name."""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> NTM:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> NTM:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> NTM:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> NTM:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> NTM:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> NTM:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getRescaleGradient(self) -> float:
+        """Get rescale_gradient: factor applied to every gradient"""
+    def setRescaleGradient(self, value: float) -> NTM:
+        """Set rescale_gradient: factor applied to every gradient"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> NTM:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> NTM:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> NTM:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> NTM:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> NTM:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> NTM:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getSubSample(self) -> float:
+        """Get sub_sample: fraction of the training data sampled for each epoch"""
+    def setSubSample(self, value: float) -> NTM:
+        """Set sub_sample: fraction of the training data sampled for each epoch"""
+    def getTolerance(self) -> float:
+        """Get tolerance: early stopping: stop when the loss improved by less than this fraction over the last num_patience_epochs epochs"""
+    def setTolerance(self, value: float) -> NTM:
+        """Set tolerance: early stopping: stop when the loss improved by less than this fraction over the last num_patience_epochs epochs"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> NTM:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> NTM:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> NTM:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> NTM:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationData(self) -> Any:
+        """Get validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def setValidationData(self, value: Any) -> NTM:
+        """Set validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> NTM:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> NTM:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWeightDecay(self) -> float:
+        """Get weight_decay: L2 weight decay"""
+    def setWeightDecay(self, value: float) -> NTM:
+        """Set weight_decay: L2 weight decay"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> NTM:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def fitMultiple(self, dataset, paramMaps) -> Any:
+        """Fit one model per param map (CrossValidator, TrainValidationSplit); all of them train on one staging of `dataset` (per distinct staging options), deleted once the last model is fitted."""
+    def getK(self) -> Any:
+        """num_topics, under Spark LDA's name."""
+    def getTopicDistributionCol(self) -> Any:
+        """outputCol, under Spark LDA's name."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    def setK(self, value) -> Any:
+        """Set num_topics, under Spark LDA's name."""
+    def setParams(self, **params) -> Any:
+        """Set several Params by name."""
+    def setTopicDistributionCol(self, value) -> Any:
+        """Set outputCol, under Spark LDA's name."""
+    def write(self) -> Any:
+        """Persist this estimator's Params as JSON."""
+
+
+class NTMModel(Model):
+    """A fitted NTM: transform adds `outputCol` (a Vector of num_topics topic weights summing to 1); `topicsMatrix()`, `topicWordMatrix`, `describeTopics()`, `vocabSize()`."""
+    def __init__(
+        self,
+        *,
+        backend: str = 'torch',
+        batch_norm: bool = False,
+        clip_gradient: float = inf,
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        distanceToClusterCol: str = 'distance_to_cluster',
+        encoder_layers: str = 'auto',
+        encoder_layers_activation: str = 'sigmoid',
+        endpointCreationPolicy: str = 'CREATE_ON_TRANSFORM',
+        endpointHost: str = '127.0.0.1',
+        endpointName: str = '',
+        endpointPort: int = 0,
+        endpointReplicas: int = 1,
+        endpointUrl: str = '',
+        epochs: int = 50,
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        initialModelUri: str = '',
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        learning_rate: float = 0.001,
+        maxBatchBytes: int = 5242880,
+        maxBatchRecords: int = 10000,
+        maxConcurrentRequests: int = 4,
+        maxFailures: int = 0,
+        maxRetries: int = 6,
+        mini_batch_size: int = 256,
+        nativeScoring: bool = True,
+        numWorkers: int = 1,
+        num_patience_epochs: int = 3,
+        num_topics: int = 10,
+        optimizer: str = 'adadelta',
+        outputCol: str = 'topic_weights',
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        requestTimeout: float = 60.0,
+        rescale_gradient: float = 1.0,
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        retryBackoff: float = 0.2,
+        reuseStagedData: bool = True,
+        sagemakerEndpointName: str = '',
+        sagemakerRegion: str = '',
+        sagemakerRuntimeUrl: str = '',
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        sub_sample: float = 1.0,
+        tolerance: float = 0.001,
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        weight_decay: float = 0.0,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> NTMModel:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getBatchNorm(self) -> bool:
+        """Get batch_norm: batch normalization of the encoder's outputs and the decoder's word logits (keeps topics distinct; recommended)"""
+    def setBatchNorm(self, value: bool) -> NTMModel:
+        """Set batch_norm: batch normalization of the encoder's outputs and the decoder's word logits (keeps topics distinct; recommended)"""
+    def getClipGradient(self) -> float:
+        """Get clip_gradient: largest magnitude of a gradient component; inf: no clipping"""
+    def setClipGradient(self, value: float) -> NTMModel:
+        """Set clip_gradient: largest magnitude of a gradient component; inf: no clipping"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> NTMModel:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> NTMModel:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> NTMModel:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getEncoderLayers(self) -> str:
+        """Get encoder_layers: encoder hidden layer sizes, comma-separated; auto: 3·num_topics, 2·num_topics"""
+    def setEncoderLayers(self, value: str) -> NTMModel:
+        """Set encoder_layers: encoder hidden layer sizes, comma-separated; auto: 3·num_topics, 2·num_topics"""
+    def getEncoderLayersActivation(self) -> str:
+        """Get encoder_layers_activation: activation of the encoder layers: sigmoid, tanh or relu"""
+    def setEncoderLayersActivation(self, value: str) -> NTMModel:
+        """Set encoder_layers_activation: activation of the encoder layers: sigmoid, tanh or relu"""
+    def getEndpointCreationPolicy(self) -> str:
+        """Get endpointCreationPolicy: when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or DO_NOT_CREATE (it must exist)"""
+    def setEndpointCreationPolicy(self, value: str) -> NTMModel:
+        """Set endpointCreationPolicy: when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or DO_NOT_CREATE (it must exist)"""
+    def getEndpointHost(self) -> str:
+        """Get endpointHost: address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other hosts' executors reach, which needs a bearer token (setEndpointToken or $SPARKML_EXT_ENDPOINT_TOKEN)"""
+    def setEndpointHost(self, value: str) -> NTMModel:
+        """Set endpointHost: address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other hosts' executors reach, which needs a bearer token (setEndpointToken or $SPARKML_EXT_ENDPOINT_TOKEN)"""
+    def getEndpointName(self) -> str:
+        """Get endpointName: score through the endpoint of this name (one this package creates/created on the Ray cluster of rayAddress); empty = in-cluster unless endpointUrl is set"""
+    def setEndpointName(self, value: str) -> NTMModel:
+        """Set endpointName: score through the endpoint of this name (one this package creates/created on the Ray cluster of rayAddress); empty = in-cluster unless endpointUrl is set"""
+    def getEndpointPort(self) -> int:
+        """Get endpointPort: HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a free port when another Ray cluster's proxy holds 8000)"""
+    def setEndpointPort(self, value: int) -> NTMModel:
+        """Set endpointPort: HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a free port when another Ray cluster's proxy holds 8000)"""
+    def getEndpointReplicas(self) -> int:
+        """Get endpointReplicas: replicas of an endpoint this model creates"""
+    def setEndpointReplicas(self, value: int) -> NTMModel:
+        """Set endpointReplicas: replicas of an endpoint this model creates"""
+    def getEndpointUrl(self) -> str:
+        """Get endpointUrl: score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is appended unless present); takes precedence over endpointName"""
+    def setEndpointUrl(self, value: str) -> NTMModel:
+        """Set endpointUrl: score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is appended unless present); takes precedence over endpointName"""
+    def getEpochs(self) -> int:
+        """Get epochs: maximum passes over the training data"""
+    def setEpochs(self, value: int) -> NTMModel:
+        """Set epochs: maximum passes over the training data"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: vocabulary size; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> NTMModel:
+        """Set feature_dim: vocabulary size; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> NTMModel:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> NTMModel:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> NTMModel:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> NTMModel:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> NTMModel:
+        """Set labelCol: label column name."""
+    def getLearningRate(self) -> float:
+        """Get learning_rate: the optimizer's learning rate"""
+    def setLearningRate(self, value: float) -> NTMModel:
+        """Set learning_rate: the optimizer's learning rate"""
+    def getMaxBatchBytes(self) -> int:
+        """Get maxBatchBytes: largest request body in bytes (records are never split)"""
+    def setMaxBatchBytes(self, value: int) -> NTMModel:
+        """Set maxBatchBytes: largest request body in bytes (records are never split)"""
+    def getMaxBatchRecords(self) -> int:
+        """Get maxBatchRecords: most records per request"""
+    def setMaxBatchRecords(self, value: int) -> NTMModel:
+        """Set maxBatchRecords: most records per request"""
+    def getMaxConcurrentRequests(self) -> int:
+        """Get maxConcurrentRequests: requests in flight per Spark task"""
+    def setMaxConcurrentRequests(self, value: int) -> NTMModel:
+        """Set maxConcurrentRequests: requests in flight per Spark task"""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> NTMModel:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getMaxRetries(self) -> int:
+        """Get maxRetries: retries of a request after a connection error, 429 or 5xx (a 4xx is never retried)"""
+    def setMaxRetries(self, value: int) -> NTMModel:
+        """Set maxRetries: retries of a request after a connection error, 429 or 5xx (a 4xx is never retried)"""
+    def getMiniBatchSize(self) -> int:
+        """Get mini_batch_size: documents per mini-batch on each worker (a step averages the gradients of every worker's mini-batch)"""
+    def setMiniBatchSize(self, value: int) -> NTMModel:
+        """Set mini_batch_size: documents per mini-batch on each worker (a step averages the gradients of every worker's mini-batch)"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> NTMModel:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> NTMModel:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getNumPatienceEpochs(self) -> int:
+        """Get num_patience_epochs: epochs over which early stopping looks at the loss (validation loss when there is validation data); more than epochs disables it"""
+    def setNumPatienceEpochs(self, value: int) -> NTMModel:
+        """Set num_patience_epochs: epochs over which early stopping looks at the loss (validation loss when there is validation data); more than epochs disables it"""
+    def getNumTopics(self) -> int:
+        """Get num_topics: number of topics (SageMaker requires it; 10 as Spark LDA's k when unset)"""
+    def setNumTopics(self, value: int) -> NTMModel:
+        """Set num_topics: number of topics (SageMaker requires it; 10 as Spark LDA's k when unset)"""
+    def getOptimizer(self) -> str:
+        """Get optimizer: sgd, adam, adagrad, adadelta or rmsprop (adadelta, SageMaker's default, sets its own step sizes: learning_rate does not apply to it)"""
+    def setOptimizer(self, value: str) -> NTMModel:
+        """Set optimizer: sgd, adam, adagrad, adadelta or rmsprop (adadelta, SageMaker's default, sets its own step sizes: learning_rate does not apply to it)"""
+    def getOutputCol(self) -> str:
+        """Get outputCol: output column name."""
+    def setOutputCol(self, value: str) -> NTMModel:
+        """Set outputCol: output column name."""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> NTMModel:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> NTMModel:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> NTMModel:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> NTMModel:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> NTMModel:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> NTMModel:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getRequestTimeout(self) -> float:
+        """Get requestTimeout: seconds to wait for one response"""
+    def setRequestTimeout(self, value: float) -> NTMModel:
+        """Set requestTimeout: seconds to wait for one response"""
+    def getRescaleGradient(self) -> float:
+        """Get rescale_gradient: factor applied to every gradient"""
+    def setRescaleGradient(self, value: float) -> NTMModel:
+        """Set rescale_gradient: factor applied to every gradient"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> NTMModel:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getRetryBackoff(self) -> float:
+        """Get retryBackoff: first retry delay in seconds; doubles per retry (with jitter, at most 10 s)"""
+    def setRetryBackoff(self, value: float) -> NTMModel:
+        """Set retryBackoff: first retry delay in seconds; doubles per retry (with jitter, at most 10 s)"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> NTMModel:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getSagemakerEndpointName(self) -> str:
+        """Get sagemakerEndpointName: score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, requests signed with SigV4 by botocore from each executor's own AWS credential chain; bodies at most 6 MB; throttling retried); takes precedence over endpointUrl and endpointName"""
+    def setSagemakerEndpointName(self, value: str) -> NTMModel:
+        """Set sagemakerEndpointName: score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, requests signed with SigV4 by botocore from each executor's own AWS credential chain; bodies at most 6 MB; throttling retried); takes precedence over endpointUrl and endpointName"""
+    def getSagemakerRegion(self) -> str:
+        """Get sagemakerRegion: AWS region of sagemakerEndpointName; empty = the executors' default region (AWS_REGION, AWS_DEFAULT_REGION, the profile)"""
+    def setSagemakerRegion(self, value: str) -> NTMModel:
+        """Set sagemakerRegion: AWS region of sagemakerEndpointName; empty = the executors' default region (AWS_REGION, AWS_DEFAULT_REGION, the profile)"""
+    def getSagemakerRuntimeUrl(self) -> str:
+        """Get sagemakerRuntimeUrl: base URL of the SageMaker Runtime API; empty = AWS's https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or one of our endpoints' Serve address)"""
+    def setSagemakerRuntimeUrl(self, value: str) -> NTMModel:
+        """Set sagemakerRuntimeUrl: base URL of the SageMaker Runtime API; empty = AWS's https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or one of our endpoints' Serve address)"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> NTMModel:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> NTMModel:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> NTMModel:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> NTMModel:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getSubSample(self) -> float:
+        """Get sub_sample: fraction of the training data sampled for each epoch"""
+    def setSubSample(self, value: float) -> NTMModel:
+        """Set sub_sample: fraction of the training data sampled for each epoch"""
+    def getTolerance(self) -> float:
+        """Get tolerance: early stopping: stop when the loss improved by less than this fraction over the last num_patience_epochs epochs"""
+    def setTolerance(self, value: float) -> NTMModel:
+        """Set tolerance: early stopping: stop when the loss improved by less than this fraction over the last num_patience_epochs epochs"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> NTMModel:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> NTMModel:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> NTMModel:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> NTMModel:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> NTMModel:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> NTMModel:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWeightDecay(self) -> float:
+        """Get weight_decay: L2 weight decay"""
+    def setWeightDecay(self, value: float) -> NTMModel:
+        """Set weight_decay: L2 weight decay"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> NTMModel:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def createEndpoint(self) -> Any:
+        """Deploy this model's artifact as endpoint `endpointName` (if it is not there yet); returns self."""
+    def deleteEndpoint(self) -> Any:
+        """Delete endpoint `endpointName` (explicit teardown); False when it did not exist."""
+    def describeTopics(self, maxTermsPerTopic=10) -> Any:
+        """Each topic's most probable words as Spark LDAModel's: topic, termIndices, termWeights (descending)."""
+    @classmethod
+    def fromArtifact(cls, uri, **params) -> Any:
+        """A model for an artifact trained elsewhere (its model.json and checksums are read now); called on RayModel itself it returns the built-in algorithm's own model class (XGBoost, Linear Learner, ...), whose columns fit that algorithm's outputs."""
+    def getK(self) -> Any:
+        """num_topics, under Spark LDA's name."""
+    def getTopicDistributionCol(self) -> Any:
+        """outputCol, under Spark LDA's name."""
+    @property
+    def hasSummary(self) -> Any:
+        """Whether this model's artifact records its training (models we trained do; imported ones may not)."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    def setEndpointToken(self, token) -> Any:
+        """Bearer token for the endpoint (not a Param, so never saved); default: $SPARKML_EXT_ENDPOINT_TOKEN."""
+    def setK(self, value) -> Any:
+        """Set num_topics, under Spark LDA's name."""
+    def setTopicDistributionCol(self, value) -> Any:
+        """Set outputCol, under Spark LDA's name."""
+    @property
+    def summary(self) -> Any:
+        """A `TrainingSummary` of the fit: per-epoch metrics (`history`, `objectiveHistory`, `metric(name)`), the kept variant (`selection`), `recordsSeen`, `trainingTime`, `attempts`; RuntimeError without one."""
+    @property
+    def topicWordMatrix(self) -> Any:
+        """(num_topics, vocabulary) array: row k is topic k's word distribution (the decoder's output for a document of topic k alone; each row sums to 1)."""
+    def topicsMatrix(self) -> Any:
+        """vocabulary × num_topics matrix of word probabilities, one column per topic, as Spark LDAModel's."""
+    def usesEndpoint(self) -> Any:
+        """True when transform scores through an endpoint (sagemakerEndpointName, endpointUrl or endpointName set)."""
+    def vocabSize(self) -> Any:
+        """Vocabulary size (feature_dim of the training data)."""
+    def write(self) -> Any:
+        """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""
+
+
 class PCA(Estimator):
     """PCA on Ray (SageMaker's algorithm and hyperparameters; one pass unless power_iterations); features only."""
     def __init__(
@@ -4048,6 +5522,510 @@ class PCAModel(Model):
     @property
     def pc(self) -> Any:
         """Principal components, one column each (feature_dim × num_components), as Spark's PCAModel.pc."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    def setEndpointToken(self, token) -> Any:
+        """Bearer token for the endpoint (not a Param, so never saved); default: $SPARKML_EXT_ENDPOINT_TOKEN."""
+    @property
+    def summary(self) -> Any:
+        """A `TrainingSummary` of the fit: per-epoch metrics (`history`, `objectiveHistory`, `metric(name)`), the kept variant (`selection`), `recordsSeen`, `trainingTime`, `attempts`; RuntimeError without one."""
+    def usesEndpoint(self) -> Any:
+        """True when transform scores through an endpoint (sagemakerEndpointName, endpointUrl or endpointName set)."""
+    def write(self) -> Any:
+        """Persist Params as JSON and copy the artifact under the saved path (self-contained, no pickle)."""
+
+
+class RandomCutForest(Estimator):
+    """Random Cut Forest on Ray (SageMaker's algorithm and hyperparameters): one pass, features only; labels only for test metrics on validation data."""
+    def __init__(
+        self,
+        *,
+        algorithm: str = 'random-cut-forest',
+        backend: str = 'torch',
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        distanceToClusterCol: str = 'distance_to_cluster',
+        eval_metrics: str = '[accuracy, precision_recall_fscore]',
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        hyperparameters: dict[str, Any] | dict = ...,
+        initialModelUri: str = '',
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        maxFailures: int = 0,
+        nativeScoring: bool = True,
+        numWorkers: int = 1,
+        num_samples_per_tree: int = 256,
+        num_trees: int = 100,
+        outputCol: str = 'score',
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        reuseStagedData: bool = True,
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationData: Any = None,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getAlgorithm(self) -> str:
+        """Get algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def setAlgorithm(self, value: str) -> RandomCutForest:
+        """Set algorithm: ray_backend algorithm: a registered name or module:Class path"""
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> RandomCutForest:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> RandomCutForest:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> RandomCutForest:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> RandomCutForest:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getEvalMetrics(self) -> str:
+        """Get eval_metrics: metrics on a labelled validation (test) channel: [accuracy], [precision_recall_fscore] or both; a record is called anomalous above the training sample's mean score + 3 standard deviations"""
+    def setEvalMetrics(self, value: str) -> RandomCutForest:
+        """Set eval_metrics: metrics on a labelled validation (test) channel: [accuracy], [precision_recall_fscore] or both; a record is called anomalous above the training sample's mean score + 3 standard deviations"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: features per record; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> RandomCutForest:
+        """Set feature_dim: features per record; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> RandomCutForest:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> RandomCutForest:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getHyperparameters(self) -> dict[str, Any] | dict:
+        """Get hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def setHyperparameters(self, value: dict[str, Any] | dict) -> RandomCutForest:
+        """Set hyperparameters: the algorithm's hyperparameters (JSON dict)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> RandomCutForest:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> RandomCutForest:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> RandomCutForest:
+        """Set labelCol: label column name."""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> RandomCutForest:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> RandomCutForest:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> RandomCutForest:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getNumSamplesPerTree(self) -> int:
+        """Get num_samples_per_tree: records sampled (uniformly, one pass) to build each tree"""
+    def setNumSamplesPerTree(self, value: int) -> RandomCutForest:
+        """Set num_samples_per_tree: records sampled (uniformly, one pass) to build each tree"""
+    def getNumTrees(self) -> int:
+        """Get num_trees: number of random cut trees (SageMaker: 50-1000; any value from 1 is accepted)"""
+    def setNumTrees(self, value: int) -> RandomCutForest:
+        """Set num_trees: number of random cut trees (SageMaker: 50-1000; any value from 1 is accepted)"""
+    def getOutputCol(self) -> str:
+        """Get outputCol: output column name."""
+    def setOutputCol(self, value: str) -> RandomCutForest:
+        """Set outputCol: output column name."""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> RandomCutForest:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> RandomCutForest:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> RandomCutForest:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> RandomCutForest:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> RandomCutForest:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> RandomCutForest:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> RandomCutForest:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> RandomCutForest:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> RandomCutForest:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> RandomCutForest:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> RandomCutForest:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> RandomCutForest:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> RandomCutForest:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> RandomCutForest:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> RandomCutForest:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> RandomCutForest:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationData(self) -> Any:
+        """Get validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def setValidationData(self, value: Any) -> RandomCutForest:
+        """Set validationData: a DataFrame staged as the validation channel (takes precedence over validationIndicatorCol and validationFraction); not saved with the estimator"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> RandomCutForest:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> RandomCutForest:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> RandomCutForest:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def fitMultiple(self, dataset, paramMaps) -> Any:
+        """Fit one model per param map (CrossValidator, TrainValidationSplit); all of them train on one staging of `dataset` (per distinct staging options), deleted once the last model is fitted."""
+    @classmethod
+    def read(cls) -> Any:
+        ...
+    def sagemakerHyperparameters(self) -> Any:
+        """{SageMaker name: value} for every declared hyperparameter (defaults included)."""
+    def setParams(self, **params) -> Any:
+        """Set several Params by name."""
+    def write(self) -> Any:
+        """Persist this estimator's Params as JSON."""
+
+
+class RandomCutForestModel(Model):
+    """A fitted Random Cut Forest: transform adds the anomaly score in `outputCol`."""
+    def __init__(
+        self,
+        *,
+        backend: str = 'torch',
+        closestClusterCol: str = 'closest_cluster',
+        dataDistribution: str = 'ShardedByKey',
+        distanceToClusterCol: str = 'distance_to_cluster',
+        endpointCreationPolicy: str = 'CREATE_ON_TRANSFORM',
+        endpointHost: str = '127.0.0.1',
+        endpointName: str = '',
+        endpointPort: int = 0,
+        endpointReplicas: int = 1,
+        endpointUrl: str = '',
+        eval_metrics: str = '[accuracy, precision_recall_fscore]',
+        feature_dim: int | None = None,
+        featuresCol: str = 'features',
+        handleInvalid: str = 'error',
+        initialModelUri: str = '',
+        keepStagingData: bool = False,
+        labelCol: str = 'label',
+        maxBatchBytes: int = 5242880,
+        maxBatchRecords: int = 10000,
+        maxConcurrentRequests: int = 4,
+        maxFailures: int = 0,
+        maxRetries: int = 6,
+        nativeScoring: bool = True,
+        numWorkers: int = 1,
+        num_samples_per_tree: int = 256,
+        num_trees: int = 100,
+        outputCol: str = 'score',
+        outputUri: str = '',
+        predictedLabelCol: str = 'predicted_label',
+        predictionCol: str = 'prediction',
+        probabilityCol: str = 'probability',
+        rawPredictionCol: str = 'rawPrediction',
+        rayAddress: str = 'local',
+        requestTimeout: float = 60.0,
+        resourcesPerWorker: dict[str, Any] | dict = ...,
+        retryBackoff: float = 0.2,
+        reuseStagedData: bool = True,
+        sagemakerEndpointName: str = '',
+        sagemakerRegion: str = '',
+        sagemakerRuntimeUrl: str = '',
+        scoreCol: str = 'score',
+        seed: int = 0,
+        showProgress: bool = True,
+        stagingUri: str = '',
+        trainingInputMode: str = 'File',
+        trainingTimeout: float = 0.0,
+        trustedModules: list[str] = ...,
+        useGPU: bool = False,
+        validationFraction: float = 0.0,
+        validationIndicatorCol: str = None,
+        workerIdleTimeout: Any = None,
+    ) -> None: ...
+    def getBackend(self) -> str:
+        """Get backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def setBackend(self, value: str) -> RandomCutForestModel:
+        """Set backend: collective backend: torch (gloo on CPU, nccl on GPU) or horovod"""
+    def getClosestClusterCol(self) -> str:
+        """Get closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def setClosestClusterCol(self, value: str) -> RandomCutForestModel:
+        """Set closestClusterCol: column for k-means' `closest_cluster` output; empty leaves it out"""
+    def getDataDistribution(self) -> str:
+        """Get dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def setDataDistribution(self, value: str) -> RandomCutForestModel:
+        """Set dataDistribution: ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is accepted) or FullyReplicated (all read all)"""
+    def getDistanceToClusterCol(self) -> str:
+        """Get distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def setDistanceToClusterCol(self, value: str) -> RandomCutForestModel:
+        """Set distanceToClusterCol: column for k-means' `distance_to_cluster` output; empty leaves it out"""
+    def getEndpointCreationPolicy(self) -> str:
+        """Get endpointCreationPolicy: when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or DO_NOT_CREATE (it must exist)"""
+    def setEndpointCreationPolicy(self, value: str) -> RandomCutForestModel:
+        """Set endpointCreationPolicy: when the named endpoint is created: CREATE_ON_CONSTRUCT (when the model is constructed), CREATE_ON_TRANSFORM (at the first transform if missing) or DO_NOT_CREATE (it must exist)"""
+    def getEndpointHost(self) -> str:
+        """Get endpointHost: address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other hosts' executors reach, which needs a bearer token (setEndpointToken or $SPARKML_EXT_ENDPOINT_TOKEN)"""
+    def setEndpointHost(self, value: str) -> RandomCutForestModel:
+        """Set endpointHost: address Ray Serve binds when this model starts it: 127.0.0.1 (default) or an address other hosts' executors reach, which needs a bearer token (setEndpointToken or $SPARKML_EXT_ENDPOINT_TOKEN)"""
+    def getEndpointName(self) -> str:
+        """Get endpointName: score through the endpoint of this name (one this package creates/created on the Ray cluster of rayAddress); empty = in-cluster unless endpointUrl is set"""
+    def setEndpointName(self, value: str) -> RandomCutForestModel:
+        """Set endpointName: score through the endpoint of this name (one this package creates/created on the Ray cluster of rayAddress); empty = in-cluster unless endpointUrl is set"""
+    def getEndpointPort(self) -> int:
+        """Get endpointPort: HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a free port when another Ray cluster's proxy holds 8000)"""
+    def setEndpointPort(self, value: int) -> RandomCutForestModel:
+        """Set endpointPort: HTTP port of Ray Serve when this model starts it (0 = the running Serve's, else 8000, or a free port when another Ray cluster's proxy holds 8000)"""
+    def getEndpointReplicas(self) -> int:
+        """Get endpointReplicas: replicas of an endpoint this model creates"""
+    def setEndpointReplicas(self, value: int) -> RandomCutForestModel:
+        """Set endpointReplicas: replicas of an endpoint this model creates"""
+    def getEndpointUrl(self) -> str:
+        """Get endpointUrl: score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is appended unless present); takes precedence over endpointName"""
+    def setEndpointUrl(self, value: str) -> RandomCutForestModel:
+        """Set endpointUrl: score through any endpoint speaking the SageMaker protocol at this URL (…/invocations is appended unless present); takes precedence over endpointName"""
+    def getEvalMetrics(self) -> str:
+        """Get eval_metrics: metrics on a labelled validation (test) channel: [accuracy], [precision_recall_fscore] or both; a record is called anomalous above the training sample's mean score + 3 standard deviations"""
+    def setEvalMetrics(self, value: str) -> RandomCutForestModel:
+        """Set eval_metrics: metrics on a labelled validation (test) channel: [accuracy], [precision_recall_fscore] or both; a record is called anomalous above the training sample's mean score + 3 standard deviations"""
+    def getFeatureDim(self) -> int | None:
+        """Get feature_dim: features per record; inferred from the data when unset"""
+    def setFeatureDim(self, value: int | None) -> RandomCutForestModel:
+        """Set feature_dim: features per record; inferred from the data when unset"""
+    def getFeaturesCol(self) -> str:
+        """Get featuresCol: features column name."""
+    def setFeaturesCol(self, value: str) -> RandomCutForestModel:
+        """Set featuresCol: features column name."""
+    def getHandleInvalid(self) -> str:
+        """Get handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def setHandleInvalid(self, value: str) -> RandomCutForestModel:
+        """Set handleInvalid: rows with null, wrong-sized or NaN/infinite features (and, in training, null or NaN labels): error (default: fit names the column and how many rows, before staging), skip (drop them) or keep (transform only: null outputs)"""
+    def getInitialModelUri(self) -> str:
+        """Get initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def setInitialModelUri(self, value: str) -> RandomCutForestModel:
+        """Set initialModelUri: artifact of a model to continue training from (the 'model' channel, e.g. an earlier model's artifactUri; same algorithm and feature size); empty means from scratch"""
+    def getKeepStagingData(self) -> bool:
+        """Get keepStagingData: keep the staged channels after fit"""
+    def setKeepStagingData(self, value: bool) -> RandomCutForestModel:
+        """Set keepStagingData: keep the staged channels after fit"""
+    def getLabelCol(self) -> str:
+        """Get labelCol: label column name."""
+    def setLabelCol(self, value: str) -> RandomCutForestModel:
+        """Set labelCol: label column name."""
+    def getMaxBatchBytes(self) -> int:
+        """Get maxBatchBytes: largest request body in bytes (records are never split)"""
+    def setMaxBatchBytes(self, value: int) -> RandomCutForestModel:
+        """Set maxBatchBytes: largest request body in bytes (records are never split)"""
+    def getMaxBatchRecords(self) -> int:
+        """Get maxBatchRecords: most records per request"""
+    def setMaxBatchRecords(self, value: int) -> RandomCutForestModel:
+        """Set maxBatchRecords: most records per request"""
+    def getMaxConcurrentRequests(self) -> int:
+        """Get maxConcurrentRequests: requests in flight per Spark task"""
+    def setMaxConcurrentRequests(self, value: int) -> RandomCutForestModel:
+        """Set maxConcurrentRequests: requests in flight per Spark task"""
+    def getMaxFailures(self) -> int:
+        """Get maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def setMaxFailures(self, value: int) -> RandomCutForestModel:
+        """Set maxFailures: worker failures to recover from (restart from the last checkpoint); -1 = unlimited"""
+    def getMaxRetries(self) -> int:
+        """Get maxRetries: retries of a request after a connection error, 429 or 5xx (a 4xx is never retried)"""
+    def setMaxRetries(self, value: int) -> RandomCutForestModel:
+        """Set maxRetries: retries of a request after a connection error, 429 or 5xx (a 4xx is never retried)"""
+    def getNativeScoring(self) -> bool:
+        """Get nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def setNativeScoring(self, value: bool) -> RandomCutForestModel:
+        """Set nativeScoring: score linear models and factorization machines (Linear Learner, linear-sgd, factorization-machines) in-cluster with Spark ML's own JVM model classes built from the artifact's weights instead of a Python predictor (same outputs, no Python worker); where that is impossible (Spark Connect, array features) the Python predictor scores"""
+    def getNumWorkers(self) -> int:
+        """Get numWorkers: number of training workers (one process each)"""
+    def setNumWorkers(self, value: int) -> RandomCutForestModel:
+        """Set numWorkers: number of training workers (one process each)"""
+    def getNumSamplesPerTree(self) -> int:
+        """Get num_samples_per_tree: records sampled (uniformly, one pass) to build each tree"""
+    def setNumSamplesPerTree(self, value: int) -> RandomCutForestModel:
+        """Set num_samples_per_tree: records sampled (uniformly, one pass) to build each tree"""
+    def getNumTrees(self) -> int:
+        """Get num_trees: number of random cut trees (SageMaker: 50-1000; any value from 1 is accepted)"""
+    def setNumTrees(self, value: int) -> RandomCutForestModel:
+        """Set num_trees: number of random cut trees (SageMaker: 50-1000; any value from 1 is accepted)"""
+    def getOutputCol(self) -> str:
+        """Get outputCol: output column name."""
+    def setOutputCol(self, value: str) -> RandomCutForestModel:
+        """Set outputCol: output column name."""
+    def getOutputUri(self) -> str:
+        """Get outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def setOutputUri(self, value: str) -> RandomCutForestModel:
+        """Set outputUri: where model artifacts are written; empty means <stagingUri>/output"""
+    def getPredictedLabelCol(self) -> str:
+        """Get predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def setPredictedLabelCol(self, value: str) -> RandomCutForestModel:
+        """Set predictedLabelCol: column for a classifier's `predicted_label` output; empty leaves it out"""
+    def getPredictionCol(self) -> str:
+        """Get predictionCol: prediction column name."""
+    def setPredictionCol(self, value: str) -> RandomCutForestModel:
+        """Set predictionCol: prediction column name."""
+    def getProbabilityCol(self) -> str:
+        """Get probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def setProbabilityCol(self, value: str) -> RandomCutForestModel:
+        """Set probabilityCol: Column name for predicted class conditional probabilities. Note: Not all models output well-calibrated probability estimates! These probabilities should be treated as confidences, not precise probabilities."""
+    def getRawPredictionCol(self) -> str:
+        """Get rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def setRawPredictionCol(self, value: str) -> RandomCutForestModel:
+        """Set rawPredictionCol: raw prediction (a.k.a. confidence) column name."""
+    def getRayAddress(self) -> str:
+        """Get rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def setRayAddress(self, value: str) -> RandomCutForestModel:
+        """Set rayAddress: Ray cluster: local (embedded, sized to this machine), auto, host:port, ray://host:port, or spark (Ray started inside this Spark application for the fit)"""
+    def getRequestTimeout(self) -> float:
+        """Get requestTimeout: seconds to wait for one response"""
+    def setRequestTimeout(self, value: float) -> RandomCutForestModel:
+        """Set requestTimeout: seconds to wait for one response"""
+    def getResourcesPerWorker(self) -> dict[str, Any] | dict:
+        """Get resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def setResourcesPerWorker(self, value: dict[str, Any] | dict) -> RandomCutForestModel:
+        """Set resourcesPerWorker: Ray resources per worker, e.g. {'CPU': 2}; empty means 1 CPU"""
+    def getRetryBackoff(self) -> float:
+        """Get retryBackoff: first retry delay in seconds; doubles per retry (with jitter, at most 10 s)"""
+    def setRetryBackoff(self, value: float) -> RandomCutForestModel:
+        """Set retryBackoff: first retry delay in seconds; doubles per retry (with jitter, at most 10 s)"""
+    def getReuseStagedData(self) -> bool:
+        """Get reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def setReuseStagedData(self, value: bool) -> RandomCutForestModel:
+        """Set reuseStagedData: reuse the staged copy of the same data in later fits of this process (fits of one fitMultiple call, e.g. CrossValidator's param maps, always; other fits when the data's plan is deterministic and its input files are unchanged); kept stagings are deleted at sparkml_ext.shutdown(), at exit, or beyond $SPARKML_EXT_STAGED_CACHE (4) idle ones"""
+    def getSagemakerEndpointName(self) -> str:
+        """Get sagemakerEndpointName: score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, requests signed with SigV4 by botocore from each executor's own AWS credential chain; bodies at most 6 MB; throttling retried); takes precedence over endpointUrl and endpointName"""
+    def setSagemakerEndpointName(self, value: str) -> RandomCutForestModel:
+        """Set sagemakerEndpointName: score through this Amazon SageMaker endpoint (the Runtime API's InvokeEndpoint, requests signed with SigV4 by botocore from each executor's own AWS credential chain; bodies at most 6 MB; throttling retried); takes precedence over endpointUrl and endpointName"""
+    def getSagemakerRegion(self) -> str:
+        """Get sagemakerRegion: AWS region of sagemakerEndpointName; empty = the executors' default region (AWS_REGION, AWS_DEFAULT_REGION, the profile)"""
+    def setSagemakerRegion(self, value: str) -> RandomCutForestModel:
+        """Set sagemakerRegion: AWS region of sagemakerEndpointName; empty = the executors' default region (AWS_REGION, AWS_DEFAULT_REGION, the profile)"""
+    def getSagemakerRuntimeUrl(self) -> str:
+        """Get sagemakerRuntimeUrl: base URL of the SageMaker Runtime API; empty = AWS's https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or one of our endpoints' Serve address)"""
+    def setSagemakerRuntimeUrl(self, value: str) -> RandomCutForestModel:
+        """Set sagemakerRuntimeUrl: base URL of the SageMaker Runtime API; empty = AWS's https://runtime.sagemaker.<region>.amazonaws.com (set it for a VPC endpoint, or one of our endpoints' Serve address)"""
+    def getScoreCol(self) -> str:
+        """Get scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def setScoreCol(self, value: str) -> RandomCutForestModel:
+        """Set scoreCol: column for the algorithm's `score` output (SageMaker's name; a classifier's probability of 1 or class probabilities, a regressor's prediction); empty leaves it out"""
+    def getSeed(self) -> int:
+        """Get seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def setSeed(self, value: int) -> RandomCutForestModel:
+        """Set seed: random seed (validation split; algorithms' initialization, e.g. k-means, PCA sketch)"""
+    def getShowProgress(self) -> bool:
+        """Get showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def setShowProgress(self, value: bool) -> RandomCutForestModel:
+        """Set showProgress: show training progress on the driver's stderr (epoch or round, records/s, latest loss, each finished epoch's metrics): a tqdm bar in a terminal or notebook, plain lines otherwise"""
+    def getStagingUri(self) -> str:
+        """Get stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def setStagingUri(self, value: str) -> RandomCutForestModel:
+        """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
+    def getTrainingInputMode(self) -> str:
+        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def setTrainingInputMode(self, value: str) -> RandomCutForestModel:
+        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+    def getTrainingTimeout(self) -> float:
+        """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def setTrainingTimeout(self, value: float) -> RandomCutForestModel:
+        """Set trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
+    def getTrustedModules(self) -> list[str]:
+        """Get trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def setTrustedModules(self, value: list[str]) -> RandomCutForestModel:
+        """Set trustedModules: module prefixes (e.g. 'mypkg.models', matched at dots) whose code a model's artifact may name and scoring may import: a bring-your-own torch factory or loss, a custom algorithm (built-in algorithms need none); added to $SPARKML_EXT_TRUSTED_MODULES; never saved with the model"""
+    def getUseGPU(self) -> bool:
+        """Get useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def setUseGPU(self, value: bool) -> RandomCutForestModel:
+        """Set useGPU: give each worker a GPU and use nccl (torch) or Horovod on GPU"""
+    def getValidationFraction(self) -> float:
+        """Get validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def setValidationFraction(self, value: float) -> RandomCutForestModel:
+        """Set validationFraction: fraction of rows held out as the validation channel (0 = none)"""
+    def getValidationIndicatorCol(self) -> str:
+        """Get validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def setValidationIndicatorCol(self, value: str) -> RandomCutForestModel:
+        """Set validationIndicatorCol: boolean column marking validation rows (takes precedence over the fraction)"""
+    def getWorkerIdleTimeout(self) -> Any:
+        """Get workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    def setWorkerIdleTimeout(self, value: Any) -> RandomCutForestModel:
+        """Set workerIdleTimeout: seconds the training workers stay warm after a fit, ready for the next fit of the same shape (numWorkers, resourcesPerWorker, useGPU, backend); 0 = fresh workers for every fit; unset = $SPARKML_EXT_WORKER_IDLE_TIMEOUT, else 600. sparkml_ext.shutdown() releases them at once"""
+    @property
+    def anomalyThreshold(self) -> Any:
+        """The training sample's mean score + 3 standard deviations (SageMaker's usual cut-off)."""
+    def createEndpoint(self) -> Any:
+        """Deploy this model's artifact as endpoint `endpointName` (if it is not there yet); returns self."""
+    def deleteEndpoint(self) -> Any:
+        """Delete endpoint `endpointName` (explicit teardown); False when it did not exist."""
+    @classmethod
+    def fromArtifact(cls, uri, **params) -> Any:
+        """A model for an artifact trained elsewhere (its model.json and checksums are read now); called on RayModel itself it returns the built-in algorithm's own model class (XGBoost, Linear Learner, ...), whose columns fit that algorithm's outputs."""
+    @property
+    def hasSummary(self) -> Any:
+        """Whether this model's artifact records its training (models we trained do; imported ones may not)."""
     @classmethod
     def read(cls) -> Any:
         ...

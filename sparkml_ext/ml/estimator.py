@@ -334,6 +334,7 @@ def _builtin_model_class(meta: dict) -> type[RayModel]:
 
     name = {"linear-learner": "LinearLearnerModel", "kmeans": "KMeansModel", "pca": "PCAModel",
             "factorization-machines": "FactorizationMachinesModel", "knn": "KNNModel", "ntm": "NTMModel",
+            "random-cut-forest": "RandomCutForestModel",
             "xgboost": "XGBoostClassificationModel" if "predicted_label" in meta["output_columns"]
             else "XGBoostRegressionModel"}.get(meta["algorithm"])
     return getattr(sparkml_ext, name) if name else RayModel
