@@ -230,7 +230,8 @@ def _function(name: str, fn: Any, method: bool) -> str:
 
 
 def _default(value: Any) -> str:
-    return repr(value) if isinstance(value, _SIMPLE) and not (isinstance(value, float) and value != value) else "..."
+    finite = not isinstance(value, float) or abs(value) < float("inf")  # nan/inf have no literal
+    return repr(value) if isinstance(value, _SIMPLE) and finite else "..."
 
 
 def _doc(obj: Any) -> str:
