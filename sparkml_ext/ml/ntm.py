@@ -93,11 +93,11 @@ class _NTMParams(SageMakerHyperparameters, HasOutputCol):
         self._setDefault(outputCol="topic_weights")
 
     def getOutputCol(self) -> str:  # noqa: N802 (Spark naming)
-        """The topic-mixture column."""
+        """Get outputCol: the topic-mixture column."""
         return self.getOrDefault(self.outputCol)
 
     def setOutputCol(self, value: str):  # noqa: N802 (Spark naming)
-        """Set the topic-mixture column."""
+        """Set outputCol: the topic-mixture column."""
         return self._set(outputCol=value)
 
     def getTopicDistributionCol(self) -> str:  # noqa: N802 (Spark LDA naming)

@@ -50,11 +50,11 @@ class _RandomCutForestParams(SageMakerHyperparameters, HasOutputCol):
         self._setDefault(outputCol="score")
 
     def getOutputCol(self) -> str:  # noqa: N802 (Spark naming)
-        """The anomaly score column."""
+        """Get outputCol: the anomaly score column."""
         return self.getOrDefault(self.outputCol)
 
     def setOutputCol(self, value: str):  # noqa: N802 (Spark naming)
-        """Set the anomaly score column."""
+        """Set outputCol: the anomaly score column."""
         return self._set(outputCol=value)
 
 
