@@ -40,19 +40,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from ray_backend.algorithm import Algorithm, ModelState, TrainContext
+from ray_backend.algorithms.kmeans import _positive_int
 
 EVAL_METRICS = ("accuracy", "precision_recall_fscore")
 _SCORE_PAIRS = 1 << 16  # (point, tree) pairs scored together: bounds the (pairs × feature_dim) temporaries
 _BATCH = 8192  # records per reservoir update
-
-
-def _int(hp: dict[str, Any], key: str, minimum: int) -> None:
-    v = hp[key]
-    if isinstance(v, str) and v.strip().isdigit():
-        v = int(v)
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
-        raise ValueError(f"{key} must be an int >= {minimum}, got {hp[key]!r}")
-    hp[key] = int(v)
 
 
 def _metrics_list(value: Any) -> list[str]:
@@ -332,17 +324,17 @@ class RandomCutForest(Algorithm):
         if unknown:
             raise ValueError(f"unknown random-cut-forest hyperparameter(s) {sorted(unknown)}; known: {sorted(out)}")
         out.update(hp)
-        _int(out, "num_trees", 1)
+        _positive_int(out, "num_trees", minimum=1)
         if out["num_trees"] > 1000:
             raise ValueError(f"num_trees must be an int in [1, 1000] (SageMaker's range), got {out['num_trees']!r}")
-        _int(out, "num_samples_per_tree", 1)
+        _positive_int(out, "num_samples_per_tree", minimum=1)
         if out["num_samples_per_tree"] > 2048:
             raise ValueError("num_samples_per_tree must be an int in [1, 2048] (SageMaker's range), got "
                              f"{out['num_samples_per_tree']!r}")
         if out["feature_dim"] is not None:
-            _int(out, "feature_dim", 1)
-        _int(out, "seed", 0)
-        _int(out, "mini_batch_size", 1)
+            _positive_int(out, "feature_dim", minimum=1)
+        _positive_int(out, "seed", minimum=0)
+        _positive_int(out, "mini_batch_size", minimum=1)
         out["eval_metrics"] = _metrics_list(out["eval_metrics"])
         return out
 

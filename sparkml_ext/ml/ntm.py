@@ -16,6 +16,7 @@ from pyspark.ml.param.shared import HasOutputCol
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, DoubleType, IntegerType, StructField, StructType
 
+from ray_backend.algorithms import ntm as ntm_algorithm
 from sparkml_ext.ml.estimator import BuiltinEstimator, RayModel
 from sparkml_ext.ml.sagemaker_params import (
     AUTO,
@@ -33,16 +34,7 @@ OPTIMIZERS = ("sgd", "adam", "adagrad", "adadelta", "rmsprop")
 
 def _encoder_layers(value: Any) -> str:
     """'auto' or positive layer sizes (a list or SageMaker's comma-separated text) → 'auto' or 'a,b,...'."""
-    if value == AUTO:
-        return AUTO
-    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        sizes = [int(str(p).strip()) for p in parts if str(p).strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or any(s < 1 for s in sizes):
-        raise ValueError(f"encoder_layers must be 'auto' or a comma-separated list of positive integers; got {value!r}")
-    return ",".join(map(str, sizes))
+    return ntm_algorithm._encoder_layers("encoder_layers", value)
 
 
 def _clip_gradient(value: Any) -> float:

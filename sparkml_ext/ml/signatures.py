@@ -177,8 +177,9 @@ def _plain_class(name: str, cls: type) -> str:
         init = _function("__init__", cls.__init__, method=True)
     except (TypeError, ValueError):
         init = None
-    if init and "__init__" in cls.__dict__ or any("__init__" in c.__dict__ for c in cls.__mro__[1:-1]
-                                                  if c.__module__.startswith(("sparkml_ext", "recordio"))):
+    ours = any("__init__" in c.__dict__ for c in cls.__mro__[:-1]
+               if c.__module__.startswith(("sparkml_ext", "recordio")))
+    if init and ours:
         lines.append(f"    {init}")
     lines += _members(cls, skip=set())
     return "\n".join(lines) + "\n"
