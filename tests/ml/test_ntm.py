@@ -129,3 +129,17 @@ def test_quality_against_spark_lda_online(spark, ray_local, tmp_path):
           f"Spark LDA fit {lda_fit:.1f} s cosine {lda_cos:.3f} perplexity {lda_ppl:.1f}")
     assert ntm_cos >= 0.8
     assert ntm_ppl <= lda_ppl
+
+
+def test_endpoint_scoring_equals_in_cluster(small, fitted):
+    """The same artifact hosted on Ray Serve: endpoint-mode transform gives the in-cluster topic mixtures."""
+    from ray_backend.serving import endpoint
+
+    _, _, _, held = small
+    expected = _theta(fitted.transform(held), "topic_weights")
+    try:
+        hosted = NTMModel.fromArtifact(fitted.artifactUri, endpointName="ntm-test")
+        hosted.setMaxBatchRecords(128)
+        np.testing.assert_allclose(_theta(hosted.transform(held), "topic_weights"), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        endpoint.delete("ntm-test")

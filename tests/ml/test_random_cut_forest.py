@@ -144,3 +144,17 @@ def test_bad_hyperparameters_name_the_parameter(digits, tmp_path):
     _, _, df = digits
     with pytest.raises(JobError, match="feature_dim=3 but the data has 64"):
         RandomCutForest(feature_dim=3, stagingUri=str(tmp_path)).fit(df)
+
+
+def test_endpoint_scoring_equals_in_cluster(digits, fitted):
+    """The same artifact hosted on Ray Serve: endpoint-mode transform gives the in-cluster scores."""
+    from ray_backend.serving import endpoint
+
+    _, _, df = digits
+    expected = fitted.transform(df)
+    try:
+        hosted = RandomCutForestModel.fromArtifact(fitted.artifactUri, endpointName="rcf-test")
+        hosted.setMaxBatchRecords(256)
+        assert_df_equality(hosted.transform(df), expected, ignore_row_order=True)
+    finally:
+        endpoint.delete("rcf-test")
