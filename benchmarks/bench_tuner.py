@@ -6,6 +6,7 @@ model is scored on the same held-out test rows (every 5th row, never seen by any
 averages the AUC over its folds and refits the best grid point on all training rows.
 
     .venv/bin/python benchmarks/bench_tuner.py                 # full: cancer + 1M rows, maxJobs 20, grid 5 x 4
+    .venv/bin/python benchmarks/bench_tuner.py --datasets cancer --seeds 1 2 3 4 5   # medians over 5 seeds
     .venv/bin/python benchmarks/bench_tuner.py --datasets cancer --rows 20000 --max-jobs 4 --grid 2x2 --folds 2
 
 Printed: one JSON line per run, then a markdown table and the acceptance checks (tuner AUC >= CrossValidator's in
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="Ray workers per fit (per trial)")
     ap.add_argument("--strategy", default="Bayesian")
     ap.add_argument("--early-stopping", default="Off", choices=("Off", "Auto"))
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7],
+                    help="one run of every method per seed (search seed, CV folds, training); checks use medians")
     args = ap.parse_args(argv)
 
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
@@ -110,15 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     n_lr, n_wd = (int(v) for v in args.grid.lower().split("x"))
     rows: list[dict] = []
 
-    def estimator() -> LinearLearnerBinaryClassifier:
+    def estimator(seed: int) -> LinearLearnerBinaryClassifier:
         return LinearLearnerBinaryClassifier(numWorkers=args.workers, stagingUri=workdir, showProgress=False,
                                              epochs=args.epochs, mini_batch_size=args.mini_batch_size, num_models=1,
-                                             seed=args.seed, workerIdleTimeout=7200)
+                                             seed=seed, workerIdleTimeout=7200)
 
-    def tuner(**kw) -> HyperparameterTuner:
+    def tuner(seed: int, **kw) -> HyperparameterTuner:
         return HyperparameterTuner(
-            estimator=estimator(), objectiveMetric="validation_auc", strategy=args.strategy,
-            earlyStopping=args.early_stopping, seed=args.seed,
+            estimator=estimator(seed), objectiveMetric="validation_auc", strategy=args.strategy,
+            earlyStopping=args.early_stopping, seed=seed,
             hyperparameterRanges={"learning_rate": ContinuousParameter(*LR, "Logarithmic"),
                                   "wd": ContinuousParameter(*WD, "Logarithmic")}, **kw)
 
@@ -128,52 +130,62 @@ def main(argv: list[str] | None = None) -> int:
 
     # The first fits of the process start Ray and two worker groups (kept warm throughout): not part of any timing.
     warm_train, _ = cancer(spark)
-    tuner(maxJobs=2, maxParallelJobs=2).fit(warm_train)
+    tuner(args.seeds[0], maxJobs=2, maxParallelJobs=2).fit(warm_train)
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
         train, test = cancer(spark) if name == "cancer" else synthetic(spark, args.rows, args.dim, workdir)
         label = "breast cancer (455 train rows)" if name == "cancer" else f"synthetic ({train.count():,} train rows)"
-        for parallel in (1, 2):
-            reuse.release_all()  # every method stages its data itself
+        for seed in args.seeds:
+            for parallel in (1, 2):
+                reuse.release_all()  # every method stages its data itself
+                t0 = time.perf_counter()
+                model = tuner(seed, maxJobs=args.max_jobs, maxParallelJobs=parallel).fit(train)
+                wall = time.perf_counter() - t0
+                record(dataset=label, seed=seed,
+                       method=f"HyperparameterTuner {args.strategy}, maxParallelJobs={parallel}",
+                       fits=len(model.trials), wall_s=round(wall, 2), selection_auc=round(model.bestObjective, 5),
+                       test_auc=round(evaluator.evaluate(model.transform(test)), 5),
+                       best={k: float(f"{v:.3g}") for k, v in model.bestParams.items()},
+                       failed=sum(t["status"] == "Failed" for t in model.trials),
+                       stopped=sum(t["status"] == "Stopped" for t in model.trials))
+            reuse.release_all()
+            est = estimator(seed)
+            grid = (ParamGridBuilder().addGrid(est.learning_rate, grid_points(*LR, n_lr))
+                    .addGrid(est.wd, grid_points(*WD, n_wd)).build())
+            cv = CrossValidator(estimator=est, estimatorParamMaps=grid, evaluator=evaluator, numFolds=args.folds,
+                                seed=seed, parallelism=1)
             t0 = time.perf_counter()
-            model = tuner(maxJobs=args.max_jobs, maxParallelJobs=parallel).fit(train)
+            cv_model = cv.fit(train)
             wall = time.perf_counter() - t0
-            record(dataset=label, method=f"HyperparameterTuner {args.strategy}, maxParallelJobs={parallel}",
-                   fits=len(model.trials), wall_s=round(wall, 2), selection_auc=round(model.bestObjective, 5),
-                   test_auc=round(evaluator.evaluate(model.transform(test)), 5),
-                   best={k: float(f"{v:.3g}") for k, v in model.bestParams.items()},
-                   failed=sum(t["status"] == "Failed" for t in model.trials),
-                   stopped=sum(t["status"] == "Stopped" for t in model.trials))
-        reuse.release_all()
-        est = estimator()
-        grid = (ParamGridBuilder().addGrid(est.learning_rate, grid_points(*LR, n_lr))
-                .addGrid(est.wd, grid_points(*WD, n_wd)).build())
-        cv = CrossValidator(estimator=est, estimatorParamMaps=grid, evaluator=evaluator, numFolds=args.folds,
-                            seed=args.seed, parallelism=1)
-        t0 = time.perf_counter()
-        cv_model = cv.fit(train)
-        wall = time.perf_counter() - t0
-        best = int(np.argmax(cv_model.avgMetrics))
-        record(dataset=label, method=f"CrossValidator {n_lr}x{n_wd} grid, {args.folds} folds, parallelism=1",
-               fits=len(grid) * args.folds + 1, wall_s=round(wall, 2),
-               selection_auc=round(float(cv_model.avgMetrics[best]), 5),
-               test_auc=round(evaluator.evaluate(cv_model.transform(test)), 5),
-               best={"learning_rate": float(f"{grid[best][est.learning_rate]:.3g}"),
-                     "wd": float(f"{grid[best][est.wd]:.3g}")}, failed=0, stopped=0)
+            best = int(np.argmax(cv_model.avgMetrics))
+            record(dataset=label, seed=seed,
+                   method=f"CrossValidator {n_lr}x{n_wd} grid, {args.folds} folds, parallelism=1",
+                   fits=len(grid) * args.folds + 1, wall_s=round(wall, 2),
+                   selection_auc=round(float(cv_model.avgMetrics[best]), 5),
+                   test_auc=round(evaluator.evaluate(cv_model.transform(test)), 5),
+                   best={"learning_rate": float(f"{grid[best][est.learning_rate]:.3g}"),
+                         "wd": float(f"{grid[best][est.wd]:.3g}")}, failed=0, stopped=0)
 
-    print("\n| dataset | method | fits | wall s | selection AUC | test AUC | best params |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    print("\n| dataset | seed | method | fits | wall s | selection AUC | test AUC | best params |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
-        print(f"| {r['dataset']} | {r['method']} | {r['fits']} | {r['wall_s']} | {r['selection_auc']} | "
+        print(f"| {r['dataset']} | {r['seed']} | {r['method']} | {r['fits']} | {r['wall_s']} | {r['selection_auc']} | "
               f"{r['test_auc']} | {', '.join(f'{k}={v:g}' for k, v in r['best'].items())} |")
     print()
     for name in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == name]
-        p1, p2 = (next(r for r in mine if r["method"].endswith(f"maxParallelJobs={p}")) for p in (1, 2))
-        cv_row = next(r for r in mine if r["method"].startswith("CrossValidator"))
-        print(f"- {name}: tuner (maxParallelJobs=1) test AUC {p1['test_auc']} vs CrossValidator {cv_row['test_auc']} "
-              f"({'ok' if p1['test_auc'] >= cv_row['test_auc'] else 'LOWER'}), wall {p1['wall_s']} s vs "
-              f"{cv_row['wall_s']} s ({p1['wall_s'] / cv_row['wall_s']:.2f}x); maxParallelJobs=2 / 1 wall "
-              f"{p2['wall_s'] / p1['wall_s']:.2f}x (target <= 0.65x)")
+
+        def med(prefix: str, key: str, mine: list[dict] = mine) -> float:
+            return float(np.median([r[key] for r in mine if r["method"].startswith(prefix) or
+                                    r["method"].endswith(prefix)]))
+
+        t1, t2, cv = "maxParallelJobs=1", "maxParallelJobs=2", "CrossValidator"
+        auc1, auc_cv, wall1, wall2, wall_cv = (med(t1, "test_auc"), med(cv, "test_auc"), med(t1, "wall_s"),
+                                               med(t2, "wall_s"), med(cv, "wall_s"))
+        print(f"- {name}, medians over seeds {args.seeds}: tuner (maxParallelJobs=1) test AUC {auc1:.5f} vs "
+              f"CrossValidator {auc_cv:.5f} ({'ok' if auc1 >= auc_cv else 'LOWER'}), selection AUC "
+              f"{med(t1, 'selection_auc'):.5f} vs {med(cv, 'selection_auc'):.5f}; wall {wall1:.2f} s vs "
+              f"{wall_cv:.2f} s ({wall1 / wall_cv:.2f}x); maxParallelJobs=2 / 1 wall {wall2 / wall1:.2f}x "
+              f"(target <= 0.65x)")
     sparkml_ext_shutdown()
     spark.stop()
     return 0

@@ -1,6 +1,7 @@
 """Main job on embedded defaults: a Spark ML Pipeline whose last stage trains on Ray, scored in Spark tasks.
 
-breast cancer (scikit-learn) -> VectorAssembler -> StandardScaler -> RayEstimator (2 warm Ray workers)
+breast cancer (scikit-learn) -> VectorAssembler -> StandardScaler -> LinearLearnerBinaryClassifier (trains on
+2 warm Ray workers)
 -> transform -> AUC -> save the PipelineModel -> load it -> same predictions. Local Spark, local Ray, temp dirs.
 The pipeline is fitted twice: the first fit starts Ray and the workers, the second reuses them.
 """
@@ -22,7 +23,7 @@ from pyspark.sql import SparkSession  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
 import sparkml_ext  # noqa: E402
-from sparkml_ext import RayEstimator  # noqa: E402
+from sparkml_ext import LinearLearnerBinaryClassifier  # noqa: E402
 
 
 def main() -> None:
@@ -45,8 +46,8 @@ def main() -> None:
     pipeline = Pipeline(stages=[
         VectorAssembler(inputCols=names, outputCol="raw"),
         StandardScaler(inputCol="raw", outputCol="features", withMean=True),
-        RayEstimator(algorithm="linear-sgd", numWorkers=args.workers, stagingUri=os.path.join(workdir, "staging"),
-                     hyperparameters={"predictor_type": "binary_classifier", "epochs": 8, "mini_batch_size": 32}),
+        LinearLearnerBinaryClassifier(numWorkers=args.workers, stagingUri=os.path.join(workdir, "staging"),
+                                      epochs=8, mini_batch_size=32),
     ])
     t0 = time.perf_counter()
     pipeline.fit(train)
@@ -67,6 +68,9 @@ def main() -> None:
     print(f"data        : breast cancer, {train.count()} train / {test.count()} test rows, {len(names)} features")
     print(f"fit on Ray  : {fit_s:.1f} s on {args.workers} warm workers ({first_s:.1f} s for the first fit, which "
           f"started Ray and the workers)")
+    summary = model.stages[-1].summary
+    print(f"training    : {summary.totalIterations} epochs, {summary.recordsSeen} records, final loss "
+          f"{summary.objectiveHistory[-1]:.4f}, kept variant {summary.selection.get('selected_variant')}")
     print(f"artifact    : {model.stages[-1].artifactUri}")
     print(f"test AUC    : {auc:.4f}")
     print(f"saved       : {path}")

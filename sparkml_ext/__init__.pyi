@@ -1143,6 +1143,7 @@ class HyperparameterTuner(Estimator):
         maxParallelJobs: int = 1,
         objectiveMetric: str = '',
         objectiveType: str = 'Maximize',
+        refit: bool = True,
         seed: int = 0,
         showProgress: bool = True,
         strategy: str = 'Bayesian',
@@ -1180,6 +1181,10 @@ class HyperparameterTuner(Estimator):
         """Get objectiveType: Maximize or Minimize the objective (with an evaluator: its isLargerBetter() by default)"""
     def setObjectiveType(self, value: str) -> HyperparameterTuner:
         """Set objectiveType: Maximize or Minimize the objective (with an evaluator: its isLargerBetter() by default)"""
+    def getRefit(self) -> bool:
+        """Get refit: after the search, fit the estimator once more with the best trial's values on all the rows, as CrossValidator and TrainValidationSplit do (one more staging and fit); False keeps the best trial's own model, trained on the trials' rows, as SageMaker's tuning does"""
+    def setRefit(self, value: bool) -> HyperparameterTuner:
+        """Set refit: after the search, fit the estimator once more with the best trial's values on all the rows, as CrossValidator and TrainValidationSplit do (one more staging and fit); False keeps the best trial's own model, trained on the trials' rows, as SageMaker's tuning does"""
     def getSeed(self) -> int:
         """Get seed: random seed."""
     def setSeed(self, value: int) -> HyperparameterTuner:
@@ -6722,7 +6727,7 @@ class TorchEstimator(Estimator):
 
 
 class TunerModel(Model):
-    """The tuner's result: `bestModel` (the best trial's own model, trained on the training part; not refit), `trials` (every trial's params, objective, status, time, epochs, error), `trialsSummary` as a DataFrame; transform scores with the best model."""
+    """The tuner's result: `bestModel` (with `refit`, the best values fitted on all the rows; else the best trial's own model), `trials` (every trial's params, objective, status, time, epochs, error), `trialsSummary` as a DataFrame; transform scores with the best model."""
     def __init__(
         self,
         *,
@@ -6732,6 +6737,7 @@ class TunerModel(Model):
         maxParallelJobs: int = 1,
         objectiveMetric: str = '',
         objectiveType: str = 'Maximize',
+        refit: bool = True,
         seed: int = 0,
         showProgress: bool = True,
         strategy: str = 'Bayesian',
@@ -6761,6 +6767,10 @@ class TunerModel(Model):
         """Get objectiveType: Maximize or Minimize the objective (with an evaluator: its isLargerBetter() by default)"""
     def setObjectiveType(self, value: str) -> TunerModel:
         """Set objectiveType: Maximize or Minimize the objective (with an evaluator: its isLargerBetter() by default)"""
+    def getRefit(self) -> bool:
+        """Get refit: after the search, fit the estimator once more with the best trial's values on all the rows, as CrossValidator and TrainValidationSplit do (one more staging and fit); False keeps the best trial's own model, trained on the trials' rows, as SageMaker's tuning does"""
+    def setRefit(self, value: bool) -> TunerModel:
+        """Set refit: after the search, fit the estimator once more with the best trial's values on all the rows, as CrossValidator and TrainValidationSplit do (one more staging and fit); False keeps the best trial's own model, trained on the trials' rows, as SageMaker's tuning does"""
     def getSeed(self) -> int:
         """Get seed: random seed."""
     def setSeed(self, value: int) -> TunerModel:

@@ -161,8 +161,12 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
             return dataset.filter(~flag), dataset.filter(flag)
         fraction = self.getValidationFraction()
         if fraction > 0:
-            train, val = dataset.randomSplit([1 - fraction, fraction], seed=self.getSeed())
-            return train, val
+            def split() -> tuple[DataFrame, DataFrame]:
+                train, val = dataset.randomSplit([1 - fraction, fraction], seed=self.getSeed())
+                return train, val
+
+            scope = getattr(self, "_staging_scope", None)
+            return scope.memo(("split", id(dataset), fraction, self.getSeed()), dataset, split) if scope else split()
         return dataset, None
 
     def _fit(self, dataset: DataFrame) -> RayModel:

@@ -1,5 +1,5 @@
 """Automatic model tuning, SageMaker style, as a Spark ML Estimator: `HyperparameterTuner` searches hyperparameter
-ranges of any of our estimators (or a Pipeline holding one) and returns a `TunerModel` (the best trial's model plus
+ranges of any of our estimators (or a Pipeline holding one) and returns a `TunerModel` (the best model plus
 every trial's params, objective, status and time).
 
 How it runs. The warm worker groups and the staged data live in this (driver) process, so every trial is a fit
@@ -13,7 +13,8 @@ through the engine's cooperative stop (`ray_backend.runner.Watch`), keeping that
 
 The objective is a metric the training reports per epoch (`validation_auc`, `validation_loss`, XGBoost's
 `validation-auc`, or SageMaker's `validation:auc` spelling) or a Spark ML `Evaluator` on a held-out split
-(`trainRatio`). The best model is the best trial's own model (not refit)."""
+(`trainRatio`). With `refit` (the default, as CrossValidator and TrainValidationSplit do) the best values are fitted
+once more on all the rows; `refit=False` keeps the best trial's own model, as SageMaker's tuning does."""
 
 from __future__ import annotations
 
@@ -120,6 +121,11 @@ class _TunerParams(HasSeed):
                        "fraction of the rows trials train on when the rest is held out: for the evaluator, or as "
                        "the validation channel of an estimator that has no validation data set",
                        typeConverter=_ratio)
+    refit = Param(Params._dummy(), "refit",
+                  "after the search, fit the estimator once more with the best trial's values on all the rows, as "
+                  "CrossValidator and TrainValidationSplit do (one more staging and fit); False keeps the best "
+                  "trial's own model, trained on the trials' rows, as SageMaker's tuning does",
+                  typeConverter=TypeConverters.toBoolean)
     showProgress = Param(Params._dummy(), "showProgress",
                          "show the search on the driver: trials done and the best so far (a bar in a terminal or "
                          "notebook, a line per trial otherwise); the trials' own fits show none",
@@ -129,7 +135,7 @@ class _TunerParams(HasSeed):
         super().__init__(*args, **kwargs)
         self._setDefault(objectiveMetric="", objectiveType="Maximize", maxJobs=10, maxParallelJobs=1,
                          strategy="Bayesian", earlyStopping="Off", trainRatio=0.75, seed=0,
-                         showProgress=True)
+                         refit=True, showProgress=True)
 
     def getHyperparameterRanges(self) -> dict[str, Range]:  # noqa: N802 (Spark naming)
         """Get hyperparameterRanges, as ContinuousParameter / IntegerParameter / CategoricalParameter objects."""
@@ -736,9 +742,19 @@ class HyperparameterTuner(Estimator, _TunerParams, MLWritable, MLReadable):
             raise RuntimeError(f"every trial failed ({len(search.trials)} run); the first: "
                                f"{first.error if first else 'none'}") from (first.exception if first else None)
         trials = sorted(search.trials, key=lambda t: t.number)
-        model = TunerModel(bestModel=best.model, trials=[t.record() for t in trials], bestTrial=best.number)
+        best_model = self._refit(search, best, dataset) if self.getRefit() else best.model
+        model = TunerModel(bestModel=best_model, trials=[t.record() for t in trials], bestTrial=best.number)
         self._copyValues(model)
         return model
+
+    def _refit(self, search: _Search, best: _Trial, dataset: DataFrame) -> Model:
+        """The estimator as the caller gave it, with the best trial's values, fitted on every row (no rows held
+        out for the tuner's validation channel or evaluator)."""
+        est = self.getEstimator().copy(search.param_map(best.params))
+        stage = _ray_stage(est)
+        if stage is not None and not self.getOrDefault(self.showProgress):
+            stage._set(showProgress=False)
+        return est.fit(dataset)
 
     def _run(self, search: _Search) -> None:
         """The driver loop: keep maxParallelJobs trials running until maxJobs are done (or the grid is), record
@@ -796,7 +812,8 @@ class HyperparameterTuner(Estimator, _TunerParams, MLWritable, MLReadable):
 
 
 class TunerModel(Model, _TunerParams, MLWritable, MLReadable):
-    """The tuner's result: `bestModel` (the best trial's own model, trained on the training part; not refit),
+    """The tuner's result: `bestModel` (with `refit`, the best values fitted on all the rows; else the best trial's
+    own model),
     `trials` (every trial's params, objective, status, time, epochs, error), `trialsSummary` as a DataFrame;
     transform scores with the best model."""
 
@@ -888,7 +905,7 @@ def _cell(value: Any, kind: str) -> Any:
 # -- persistence (JSON metadata, sub-directories for the estimator, evaluator and best model; no pickle) -------------
 
 _JSON_PARAMS = ("hyperparameterRanges", "objectiveMetric", "objectiveType", "maxJobs", "maxParallelJobs", "strategy",
-                "earlyStopping", "trainRatio", "seed")
+                "earlyStopping", "trainRatio", "refit", "seed")
 
 
 def _json_only(instance: Params) -> Params:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from recordio.storage import S3Options
 from sparkml_ext.staging.channel import Channel, delete_job
@@ -43,6 +44,17 @@ class Scope:
     """One fitMultiple call: its fits may share a staging even when the data's plan is not deterministic."""
 
     id: int = field(default_factory=lambda: next(_scope_ids))
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)
+    _memo_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def memo(self, key: tuple, source: Any, make: Callable[[], Any]) -> Any:
+        """What `make()` gave for `key` of this very `source` object earlier in the scope (one randomSplit of a
+        DataFrame shared by every fit, so each fit skips the split's plan building)."""
+        with self._memo_lock:
+            held = self._memo.get(key)
+            if held is None or held[0] is not source:
+                held = self._memo[key] = (source, make())
+            return held[1]
 
 
 @dataclass

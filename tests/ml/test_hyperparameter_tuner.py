@@ -111,7 +111,7 @@ def test_bayesian_search_stages_once_and_returns_the_best_trial(cancer_vectors, 
     ranges = {"learning_rate": ContinuousParameter(1e-4, 0.5, "Logarithmic"), "wd": ContinuousParameter(1e-7, 1e-2),
               "mini_batch_size": IntegerParameter(16, 128)}
     tuner = HyperparameterTuner(estimator=_ll(), hyperparameterRanges=ranges, objectiveMetric="validation:auc",
-                                maxJobs=4, maxParallelJobs=2, seed=3)
+                                maxJobs=4, maxParallelJobs=2, seed=3, refit=False)
     model = tuner.fit(cancer_vectors)
     assert isinstance(model, TunerModel) and len(model.trials) == 4 and len(stagings) == 1
     assert all(t["status"] == "Completed" for t in model.trials)
@@ -132,6 +132,20 @@ def test_bayesian_search_stages_once_and_returns_the_best_trial(cancer_vectors, 
     assert loaded.trials == model.trials and loaded.bestParams == p
     assert loaded.getHyperparameterRanges() == ranges
     assert BinaryClassificationEvaluator().evaluate(loaded.transform(cancer_vectors)) == pytest.approx(auc)
+
+
+@pytest.mark.slow
+def test_refit_fits_the_best_values_on_every_row(cancer_vectors, ray_local, stagings):
+    """As CrossValidator does: the trials train on trainRatio of the rows, the returned model on all of them."""
+    tuner = HyperparameterTuner(estimator=_ll(), hyperparameterRanges={"wd": ContinuousParameter(1e-6, 1e-2)},
+                                objectiveMetric="validation_auc", maxJobs=2, strategy="Random", seed=5)
+    model = tuner.fit(cancer_vectors)
+    rows = cancer_vectors.count()
+    assert tuner.getRefit() and len(stagings) == 2  # the trials' staging, then the refit's
+    assert model.bestModel.summary.history[0]["records"] == rows
+    assert "validation_auc" not in model.bestModel.summary.history[-1]  # nothing held out
+    assert model.bestModel.getOrDefault("wd") == pytest.approx(model.bestParams["wd"])
+    assert BinaryClassificationEvaluator().evaluate(model.transform(cancer_vectors)) > 0.95
 
 
 @pytest.mark.slow
@@ -175,8 +189,10 @@ def test_xgboost_random_search_on_its_own_round_metrics(cancer_vectors, ray_loca
                                                                      "max_depth": IntegerParameter(2, 6)},
                                 objectiveMetric="validation:auc", strategy="Random", maxJobs=3, seed=1
                                 ).fit(cancer_vectors)
-    assert [t["status"] for t in model.trials] == ["Completed"] * 3 and len(stagings) == 1
+    # one staging for the trials (train + validation channels), one for the refit on every row
+    assert [t["status"] for t in model.trials] == ["Completed"] * 3 and len(stagings) == 2
     assert model.bestObjective > 0.95 and model.bestModel.getEta() == pytest.approx(model.bestParams["eta"])
+    assert model.bestModel.getMaxDepth() == model.bestParams["max_depth"]
     assert all(t["epochs"] == 5 for t in model.trials)
 
 

@@ -139,9 +139,9 @@ def test_cross_validator_stages_each_fold_once(cancer_vectors, ray_local, tmp_pa
     df = cancer_vectors  # an RDD-backed plan: not reusable across fits, but shared by one fitMultiple call
     est = _estimator(tmp_path / "staging")
     grid = ParamGridBuilder().addGrid(est.l1, [0.0, 0.01]).addGrid(est.wd, [0.0, 0.001]).build()
-    cv = CrossValidator(estimator=est, estimatorParamMaps=grid, numFolds=2, seed=3, parallelism=2,
+    cv = CrossValidator(estimator=est, estimatorParamMaps=grid, numFolds=3, seed=3, parallelism=2,
                         evaluator=BinaryClassificationEvaluator())
     model = cv.fit(df)
-    assert writes == ["train"] * 3  # 2 folds x 4 param maps: one staging per fold, and the refit on all the data
+    assert writes == ["train"] * 4  # 3 folds x 4 param maps: one staging per fold (not 12), and the refit on all data
     assert len(model.avgMetrics) == 4 and min(model.avgMetrics) > 0.95
     assert _staged_dirs(tmp_path / "staging") == [] and reuse.held() == []  # the scope ended: deleted
