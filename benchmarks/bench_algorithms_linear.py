@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000, help="dense rows (Linear Learner vs LR / LinReg)")
     ap.add_argument("--dim", type=int, default=50)
-    ap.add_argument("--epochs", type=int, default=1, help="Linear Learner epochs")
+    ap.add_argument("--epochs", type=int, default=0,
+                    help="Linear Learner epochs (0: its defaults, early stopping included, as the issue compares)")
     ap.add_argument("--spark-max-iter", type=int, default=20, help="LogisticRegression/LinearRegression maxIter")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--partitions", type=int, default=8)
@@ -149,12 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
 
     cases = []
+    epochs = {"epochs": args.epochs} if args.epochs else {}
     if "binary" not in args.skip:
         cases.append(("binary", auc, "auc", LogisticRegression(maxIter=args.spark_max_iter),
-                      lambda w: LinearLearnerBinaryClassifier(epochs=args.epochs, numWorkers=w, stagingUri=tmp)))
+                      lambda w: LinearLearnerBinaryClassifier(numWorkers=w, stagingUri=tmp, **epochs)))
     if "regression" not in args.skip:
         cases.append(("regression", rmse, "rmse", LinearRegression(maxIter=args.spark_max_iter),
-                      lambda w: LinearLearnerRegressor(epochs=args.epochs, numWorkers=w, stagingUri=tmp)))
+                      lambda w: LinearLearnerRegressor(numWorkers=w, stagingUri=tmp, **epochs)))
     for task, evaluator, metric, peer, ours in cases:
         path = os.path.join(tmp, f"{task}.parquet")
         dense_parquet(path, args.rows, args.dim, task, seed=1)
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                    auc.evaluate(model.transform(test)), "auc", **ours_detail(model))
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; rows={args.rows} "
-          f"dim={args.dim} epochs={args.epochs}; FM rows={args.fm_rows} dim={args.fm_dim} nnz={args.fm_nnz}\n")
+          f"dim={args.dim} epochs={args.epochs or 'default'}; FM rows={args.fm_rows} dim={args.fm_dim} "
+          f"nnz={args.fm_nnz}\n")
     print("| task | estimator | fit s | quality | vs Spark fit time | Ray job s | epoch s |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     base = {r["task"]: r["fit_s"] for r in results if r["who"].startswith("Spark")}
