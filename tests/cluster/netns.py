@@ -50,11 +50,11 @@ def _pids(ns: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _kill_all(ns: str, timeout_s: float = 10.0) -> int:
-    """SIGKILL every process in namespace `ns` until none is left; returns how many were killed."""
+def _kill_all(ns: str, timeout_s: float = 10.0, keep: frozenset[int] = frozenset()) -> int:
+    """SIGKILL every process in namespace `ns` (but `keep`) until none is left; returns how many were killed."""
     killed: set[int] = set()
     deadline = time.monotonic() + timeout_s
-    while (pids := _pids(ns)) and time.monotonic() < deadline:
+    while (pids := [p for p in _pids(ns) if p not in keep]) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -125,14 +125,16 @@ class Host:
         """Every process running on this host."""
         return _pids(self.ns)
 
-    def kill(self) -> int:
-        """Kill every process on this host at once (SIGKILL: a machine that lost power); returns how many."""
-        killed = _kill_all(self.ns)
-        for proc in self.procs:
+    def kill(self, keep: Sequence[subprocess.Popen] = ()) -> int:
+        """Kill every process on this host at once (SIGKILL: a machine that lost power), but those started as
+        `keep`; returns how many."""
+        killed = _kill_all(self.ns, keep=frozenset(p.pid for p in keep))
+        for proc in [p for p in self.procs if p not in keep]:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        self.procs = list(keep)
         return killed
 
     def wait_for_port(self, ip: str, port: int, timeout_s: float) -> None:
