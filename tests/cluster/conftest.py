@@ -8,8 +8,8 @@ the network and an S3 API server, as on EMR.
     head    the head of an external Ray cluster (only when a test asks for `ray_cluster`), and its drivers
     w3      a third Ray node of that cluster
 
-Built once per test session, torn down at its end (every process killed, namespaces and their files deleted), even
-when a test fails. Skipped where namespaces cannot be built (not root, no iproute2)."""
+Built once for this package's tests, torn down after them (every process killed, namespaces and their files
+deleted), even when a test fails. Skipped where namespaces cannot be built (not root, no iproute2)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class Cluster:
         host, s3 = self.net[name], self.net["s3"]
         host.kill()
         if name in SPARK_WORKERS:
-            self.spark_workers[name] = services.start_spark_worker(host, self.master, s3=s3)
+            self.spark_workers.update(services.start_spark_workers([host], self.master, s3=s3))
         if self.ray_head and name in RAY_WORKERS:
             services.start_ray_worker(host, self.ray_head, self.ray_env["RAY_AUTH_TOKEN"], s3=s3)
 
@@ -72,9 +72,10 @@ class Cluster:
         return "\n".join(out)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster():
-    """The running multi-host cluster (Spark standalone with two workers, S3), shared by the session's tests."""
+    """The running multi-host cluster (Spark standalone with two workers, S3), shared by this package's tests and
+    torn down after them (the rest of the suite does not share the machine with it)."""
     reason = netns.unavailable_reason()
     if reason:
         pytest.skip(f"multi-host cluster tests {reason}")
@@ -84,7 +85,7 @@ def cluster():
         with netns.Network(base, HOSTS) as net:
             s3 = services.start_s3(net["s3"])
             master = services.start_spark_master(net["master"])
-            workers = {w: services.start_spark_worker(net[w], master, s3=net["s3"]) for w in SPARK_WORKERS}
+            workers = services.start_spark_workers([net[w] for w in SPARK_WORKERS], master, s3=net["s3"])
             yield Cluster(net, master, s3, services.BUCKET, spark_workers=workers)
         assert not net.leftovers()
     finally:

@@ -173,8 +173,25 @@ def score(args: argparse.Namespace) -> dict:
     ids = scored.agg(F.count("*").alias("rows"), F.countDistinct("id").alias("ids")).first()
     result = {"auc": auc(scored), "rows": ids["rows"], "distinct_ids": ids["ids"], "test_rows": test.count(),
               "artifact": model.artifactUri, "executors": executor_hosts(spark), "misconfigured": misconfigured}
+    if args.endpoint_name:
+        result["endpoint"] = score_through_endpoint(model, vectors, args)
     spark.stop()
     return result
+
+
+def score_through_endpoint(model, vectors: DataFrame, args: argparse.Namespace) -> dict:
+    """Endpoint-mode transform: the model deployed on the Ray cluster (Serve's proxy on the head, bound to
+    --endpoint-host with the token of $SPARKML_EXT_ENDPOINT_TOKEN), called from the executors' tasks."""
+    from ray_backend.serving import endpoint
+
+    model.setRayAddress(args.ray).setEndpointName(args.endpoint_name).setEndpointHost(args.endpoint_host)
+    with model:  # deployed here, deleted on exit
+        url = endpoint.get(args.endpoint_name, address=args.ray).url
+        scored = model.transform(vectors).cache()
+        ids = scored.agg(F.count("*").alias("rows"), F.countDistinct("id").alias("ids")).first()
+        out = {"url": url, "auc": auc(scored), "rows": ids["rows"], "distinct_ids": ids["ids"]}
+    out["deleted"] = endpoint.get(args.endpoint_name, address=args.ray) is None
+    return out
 
 
 def main() -> None:
@@ -190,6 +207,8 @@ def main() -> None:
     parser.add_argument("--executors", type=int, default=2, help="executors to wait for")
     parser.add_argument("--max-failures", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress (epoch lines) on stderr")
+    parser.add_argument("--endpoint-name", default="", help="score: also through an endpoint of this name")
+    parser.add_argument("--endpoint-host", default="0.0.0.0", help="the address that endpoint binds")
     parser.add_argument("--misconfigured", action="store_true", help="also try the single-machine set-ups")
     args = parser.parse_args()
     result = {"fit": fit, "score": score}[args.command](args)

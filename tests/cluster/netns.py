@@ -182,6 +182,9 @@ class Network:
             _ip("netns", "add", host.ns)
             (_ETC / host.ns).mkdir(parents=True, exist_ok=True)
             (_ETC / host.ns / "hosts").write_text(f"127.0.0.1 localhost\n{names}")
+            # no DNS server is reachable from the namespaces: a resolver asking one fails at once instead of
+            # waiting seconds per lookup (the AWS SDK's resolver asks even for names /etc/hosts has)
+            (_ETC / host.ns / "resolv.conf").write_text("nameserver 127.0.0.1\n")
             _ip("link", "add", "eth0", "netns", host.ns, "type", "veth", "peer", "name", f"p{i}", "netns",
                 self.switch)
             _ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0", "up")

@@ -88,17 +88,22 @@ def start_spark_master(host: Host) -> str:
     return f"spark://{host.name}:{SPARK_PORT}"
 
 
-def start_spark_worker(host: Host, master: str, cores: int = 1, memory: str = "1g", s3: Host | None = None
-                       ) -> subprocess.Popen:
-    """A Spark standalone worker on `host` offering `cores` and `memory` to applications."""
-    work = host.workdir / "spark-work"
-    work.mkdir(parents=True, exist_ok=True)
-    since = len(host.log("spark-worker"))
-    proc = host.popen(_spark_class("org.apache.spark.deploy.worker.Worker", "--host", host.name, "--cores",
-                                   str(cores), "--memory", memory, "--work-dir", str(work), "--webui-port", "8081",
-                                   master), env=host_env(host, s3), log="spark-worker")
-    _wait_for_log(host, "spark-worker", "Successfully registered with master", 120, proc, since)
-    return proc
+def start_spark_workers(hosts: list[Host], master: str, cores: int = 1, memory: str = "1g",
+                        s3: Host | None = None) -> dict[str, subprocess.Popen]:
+    """A Spark standalone worker on each of `hosts` offering `cores` and `memory` to applications, started together;
+    returns once all have registered with the master."""
+    started = {}
+    for host in hosts:
+        work = host.workdir / "spark-work"
+        work.mkdir(parents=True, exist_ok=True)
+        since = len(host.log("spark-worker"))
+        proc = host.popen(_spark_class("org.apache.spark.deploy.worker.Worker", "--host", host.name, "--cores",
+                                       str(cores), "--memory", memory, "--work-dir", str(work), "--webui-port",
+                                       "8081", master), env=host_env(host, s3), log="spark-worker")
+        started[host.name] = (host, proc, since)
+    for host, proc, since in started.values():
+        _wait_for_log(host, "spark-worker", "Successfully registered with master", 120, proc, since)
+    return {name: proc for name, (_, proc, _) in started.items()}
 
 
 def ray_env(token: str) -> dict[str, str]:
