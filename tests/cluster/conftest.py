@@ -13,6 +13,7 @@ deleted), even when a test fails. Skipped where namespaces cannot be built (not 
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -24,8 +25,19 @@ import pytest
 
 from tests.cluster import netns, services
 
+LONG_ENV = "SPARKML_EXT_CLUSTER_LONG"
 HOSTS = {"s3": 10, "master": 11, "head": 12, "w1": 21, "w2": 22, "w3": 23, "driver": 30}
 SPARK_WORKERS, RAY_WORKERS = ("w1", "w2"), ("w1", "w2", "w3")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cluster_long` (minutes of CPU each) run only with $SPARKML_EXT_CLUSTER_LONG=1."""
+    if os.environ.get(LONG_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"long multi-host fault test: set {LONG_ENV}=1 to run it")
+    for item in items:
+        if "cluster_long" in item.keywords:
+            item.add_marker(skip)
 
 
 @dataclass

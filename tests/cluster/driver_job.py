@@ -56,6 +56,21 @@ def data(spark: SparkSession, rows: int) -> DataFrame:
     return df.withColumn("label", (margin + 0.5 * F.col("noise") > 0).cast("double")).drop("noise")
 
 
+def slowed(df: DataFrame, seconds: float, marker: str) -> DataFrame:
+    """`df` read through a Python task that takes `seconds` per Arrow batch and, when it starts, leaves the file
+    /tmp/<marker>-<pid> on its host (its own /tmp): a test sees which hosts are in the middle of the job."""
+
+    def slow(batches):
+        import os
+
+        open(f"/tmp/{marker}-{os.getpid()}", "w").close()
+        for batch in batches:
+            time.sleep(seconds)
+            yield batch
+
+    return df.mapInArrow(slow, df.schema)
+
+
 def held_out(df: DataFrame) -> tuple[DataFrame, DataFrame]:
     return df.filter(F.col("id") % 5 != 0), df.filter(F.col("id") % 5 == 0)
 
@@ -64,6 +79,38 @@ def auc(scored: DataFrame) -> float:
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
 
     return BinaryClassificationEvaluator(labelCol="label", rawPredictionCol="rawPrediction").evaluate(scored)
+
+
+def staged_content(spark: SparkSession, staging: str) -> dict[str, list[float]]:
+    """Per staged channel, read back from its shards: [records, sum of labels, sum of the first feature]."""
+    from pyspark.ml.functions import vector_to_array
+
+    from sparkml_ext import read_recordio
+
+    out = {}
+    for channel_dir in staged_channels(staging):
+        row = read_recordio(spark, channel_dir).agg(
+            F.count("*"), F.sum("label"), F.sum(vector_to_array("features")[0])).first()
+        out[channel_dir.rsplit("/", 1)[-1]] = [float(v) for v in row]
+    return out
+
+
+def staged_channels(staging: str) -> list[str]:
+    """URIs of the committed channels (a manifest.json) under `staging`."""
+    import pyarrow.fs as pafs
+
+    from recordio import storage
+
+    fs, root = storage.resolve(staging, storage.S3Options.from_env())
+    return sorted(f"s3://{info.path.rsplit('/', 1)[0]}"
+                  for info in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                  if info.base_name == "manifest.json")
+
+
+def expected_content(train: DataFrame) -> list[float]:
+    """What staging `train` must give: [rows, sum of labels, sum of x0]."""
+    row = train.agg(F.count("*"), F.sum("label"), F.sum("x0")).first()
+    return [float(v) for v in row]
 
 
 def staged_records(staging: str) -> dict[str, int]:
@@ -133,6 +180,8 @@ def fit(args: argparse.Namespace) -> dict:
     spark = session(args.master, "cluster-fit", args.executors)
     train, test = held_out(data(spark, args.rows))
     misconfigured = misconfigured_fits(spark, train) if args.misconfigured else {}
+    if args.slow_source:  # staging reads the rows through a slow task (so a host can be killed mid-staging)
+        train = slowed(train, args.slow_source, "staging")
     estimator = RayEstimator(algorithm="linear-sgd", numWorkers=args.workers, rayAddress=args.ray,
                              stagingUri=args.staging, keepStagingData=True, showProgress=args.progress,
                              maxFailures=args.max_failures,
@@ -148,6 +197,7 @@ def fit(args: argparse.Namespace) -> dict:
               "attempts": meta["attempts"], "epochs": ray_model.summary.totalIterations,
               "collective": meta.get("collective"), "executors": executor_hosts(spark),
               "staged": staged_records(args.staging), "train_rows": train.count(),
+              "staged_content": staged_content(spark, args.staging), "expected_content": expected_content(train),
               "plan_bytes": plan_bytes(VectorAssembler(inputCols=FEATURES, outputCol="features").transform(train)
                                        .select("features", "label")),
               "auc": auc(model.transform(test)), "misconfigured": misconfigured}
@@ -162,7 +212,9 @@ def score(args: argparse.Namespace) -> dict:
 
     spark = session(args.master, "cluster-score", args.executors)
     _, test = held_out(data(spark, args.rows))
-    model = RayModel.load(args.model)
+    if args.slow_source:  # transform reads the rows through a slow task (so a host can be killed mid-transform)
+        test = slowed(test, args.slow_source, "transform")
+    model = RayModel.load(args.model).setNativeScoring(not args.python_scoring)
     vectors = VectorAssembler(inputCols=FEATURES, outputCol="features").transform(test)
     misconfigured = {}
     if args.misconfigured:  # an endpoint on the driver's loopback, which the executors' hosts cannot reach
@@ -207,6 +259,9 @@ def main() -> None:
     parser.add_argument("--executors", type=int, default=2, help="executors to wait for")
     parser.add_argument("--max-failures", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress (epoch lines) on stderr")
+    parser.add_argument("--slow-source", type=float, default=0.0,
+                        help="seconds per Arrow batch of a Python task the staged (fit) or scored (score) rows pass")
+    parser.add_argument("--python-scoring", action="store_true", help="score: Python predictors in the executors")
     parser.add_argument("--endpoint-name", default="", help="score: also through an endpoint of this name")
     parser.add_argument("--endpoint-host", default="0.0.0.0", help="the address that endpoint binds")
     parser.add_argument("--misconfigured", action="store_true", help="also try the single-machine set-ups")
