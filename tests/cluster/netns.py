@@ -6,11 +6,12 @@ mount namespace, so nothing on one host's disk is seen by another) and an /etc/h
 each other over veth pairs on one bridge, which lives in a namespace of its own (the switch): nothing is added to this
 machine's own network namespace and no packet leaves the namespaces (a default route on each host's interface only
 lets programs find their routable address; the switch has no uplink). Names carry this process's pid
-(`sx<pid>-<host>`), so parallel test sessions never share a namespace, and namespaces of a process that died without
+(`sx<pid>n<k>-<host>`), so parallel test sessions never share a namespace, and namespaces of a process that died without
 tearing down are swept at the next start."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ from pathlib import Path
 
 SUBNET = "10.213.0"  # a private /24 that exists only inside the namespaces
 PREFIX = "sx"
-_OWNED = re.compile(rf"^{PREFIX}(\d+)-")
+_OWNED = re.compile(rf"^{PREFIX}(\d+)n\d+-")
+_COUNT = itertools.count()
 _ETC = Path("/etc/netns")
 # run inside every host process: its hostname, its own /tmp, then the command
 _ENTER = 'hostname "$1" && mount --bind "$2" /tmp && shift 2 && exec "$@"'
@@ -152,7 +154,7 @@ class Network:
 
     def __init__(self, base: Path, hosts: dict[str, int]):
         self.base = base
-        self.prefix = f"{PREFIX}{os.getpid()}"
+        self.prefix = f"{PREFIX}{os.getpid()}n{next(_COUNT)}"  # unique per network, the pid first (sweeping)
         self.switch = f"{self.prefix}-sw"
         self.hosts = {name: Host(name, f"{self.prefix}-{name}", f"{SUBNET}.{last}", base / name)
                       for name, last in hosts.items()}

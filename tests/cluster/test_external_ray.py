@@ -47,7 +47,7 @@ def killed_mid_fit(ray_cluster):
     return fit, victim, score
 
 
-@pytest.mark.slow
+@pytest.mark.cluster_long
 def test_a_worker_host_killed_mid_fit_the_fit_resumes_on_the_hosts_left_and_quality_holds(killed_mid_fit):
     fit, victim, _ = killed_mid_fit
     assert fit["attempts"] >= 2 and fit["epochs"] == EPOCHS  # resumed from a checkpoint, trained every epoch
@@ -55,12 +55,12 @@ def test_a_worker_host_killed_mid_fit_the_fit_resumes_on_the_hosts_left_and_qual
     assert fit["auc"] > 0.97  # the quality holds (Bayes AUC ~0.99)
 
 
-@pytest.mark.slow
+@pytest.mark.cluster_long
 def test_a_new_driver_scores_in_cluster_and_through_an_endpoint_on_another_host_every_row_once(killed_mid_fit):
     fit, _, score = killed_mid_fit
     assert score["executors"] == ["w1", "w2"]  # the replaced host is back
     assert score["rows"] == score["distinct_ids"] == TEST_ROWS
-    assert score["auc"] == pytest.approx(fit["auc"], abs=1e-9)
+    assert score["auc"] == pytest.approx(fit["auc"], abs=1e-4)  # same weights; the evaluator bins scores
     ep = score["endpoint"]
     assert ep["url"].startswith("http://10.213.0.12:")  # Serve's proxy on the head host, a routable address
     assert ep["rows"] == ep["distinct_ids"] == TEST_ROWS

@@ -60,7 +60,7 @@ def test_kill_ends_every_process_of_a_host_and_close_leaves_nothing_even_after_a
 def test_namespaces_of_a_session_that_died_are_swept():
     dead = subprocess.Popen(["true"])
     dead.wait()
-    name = f"{netns.PREFIX}{dead.pid}-x"
+    name = f"{netns.PREFIX}{dead.pid}n0-x"
     subprocess.run(["ip", "netns", "add", name], check=True)
     assert name in netns.sweep_orphans()
     assert name not in _netns_list()
