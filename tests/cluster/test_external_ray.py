@@ -26,7 +26,7 @@ def killed_mid_fit(ray_cluster):
     c = ray_cluster
     model, log = f"s3://{c.bucket}/models/external-ray", "fit-external"
     proc = c.start_driver(["fit", "--ray", "auto", "--staging", f"s3://{c.bucket}/staging/external-ray", "--model",
-                           model, "--rows", str(ROWS), "--epochs", str(EPOCHS), "--max-failures", "2",
+                           model, "--rows", str(ROWS), "--epochs", str(EPOCHS), "--max-failures", "4",
                            "--progress"], log=log, host="head", **c.ray_env)
     head = c.host("head")
     deadline = time.monotonic() + 300
