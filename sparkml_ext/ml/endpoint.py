@@ -27,7 +27,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame
 
 from ray_backend.serving import protocol
-from sparkml_ext.ml import scoring
+from sparkml_ext.ml import scoring, topology
 from sparkml_ext.ml.params import accessors
 
 CREATE_ON_CONSTRUCT, CREATE_ON_TRANSFORM, DO_NOT_CREATE = "CREATE_ON_CONSTRUCT", "CREATE_ON_TRANSFORM", "DO_NOT_CREATE"
@@ -181,8 +181,9 @@ def on_construct(model: EndpointParams) -> None:
         _ensure_endpoint(model, create=True)
 
 
-def _ensure_endpoint(model, *, create: bool):
-    """The model's named endpoint (ray_backend.serving.endpoint.Endpoint); deployed when `create` and missing."""
+def _ensure_endpoint(model, *, create: bool, master: str | None = None):
+    """The model's named endpoint (ray_backend.serving.endpoint.Endpoint); deployed when `create` and missing (on
+    a Spark cluster, `master`, not on loopback)."""
     from ray_backend.serving import endpoint
 
     name = endpoint.validate_name(model.getEndpointName())
@@ -197,6 +198,8 @@ def _ensure_endpoint(model, *, create: bool):
                              "or fix endpointName")
         from recordio.storage import S3Options
         from sparkml_ext.ml.persistence import is_object_store
+
+        topology.check_endpoint(f"endpointHost of endpoint {name!r}", model.getEndpointHost(), master)
 
         s3 = S3Options.from_env() if is_object_store(model.artifactUri) else None
         found = endpoint.deploy(name, model.artifactUri, replicas=model.getEndpointReplicas(), token=model._token(),
@@ -214,9 +217,10 @@ def invocation_url(url: str) -> str:
     return url if url.endswith("/invocations") else url + "/invocations"
 
 
-def resolve(model, config: dict, columns: list) -> dict:
+def resolve(model, config: dict, columns: list, master: str | None = None) -> dict:
     """RayModel._transform's endpoint branch: resolve the endpoint (creation policy) on the driver and return the
-    scorers' config: the in-cluster one (already validated) plus URL, token and the request Params."""
+    scorers' config: the in-cluster one (already validated) plus URL, token and the request Params. On a cluster
+    (`master`), an endpoint on loopback is refused before it is created or called."""
     meta = model._meta()
     sagemaker = None
     max_bytes = model.getMaxBatchBytes()
@@ -226,13 +230,16 @@ def resolve(model, config: dict, columns: list) -> dict:
         url, max_bytes = sagemaker["url"], min(max_bytes, SAGEMAKER_MAX_BODY_BYTES)
     elif model.getEndpointUrl():
         url = invocation_url(model.getEndpointUrl())
+        topology.check_endpoint(f"endpointUrl {url!r}", urlsplit(url).hostname or "", master)
     else:
-        found = _ensure_endpoint(model, create=model.getEndpointCreationPolicy() == CREATE_ON_TRANSFORM)
+        found = _ensure_endpoint(model, create=model.getEndpointCreationPolicy() == CREATE_ON_TRANSFORM,
+                                 master=master)
         if found.feature_dim != int(meta["feature_dim"]) or found.output_columns != list(meta["output_columns"]):
             raise ValueError(f"endpoint {found.name!r} serves a model with {found.feature_dim} features and outputs "
                              f"{found.output_columns}; this model has {meta['feature_dim']} and "
                              f"{meta['output_columns']}")
         url = found.url
+        topology.check_endpoint(f"endpoint {found.name!r} ({url})", urlsplit(url).hostname or "", master)
     return {**config, "url": url, "token": None if sagemaker else model._token(), "sagemaker": sagemaker,
             "feature_dim": int(meta["feature_dim"]),
             "vector_sources": [src for _, src, t in columns if isinstance(t, VectorUDT)],

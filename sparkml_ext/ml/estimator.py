@@ -23,7 +23,7 @@ from pyspark.sql.types import ArrayType, BooleanType, DoubleType, FloatType, Num
 
 from recordio import storage
 from sparkml_ext.columns import col, every, map_in_arrow
-from sparkml_ext.ml import endpoint, persistence, scoring
+from sparkml_ext.ml import endpoint, persistence, scoring, topology
 from sparkml_ext.ml.endpoint import EndpointParams
 from sparkml_ext.ml.params import RayTrainingParams, accessors
 
@@ -148,6 +148,9 @@ class RayEstimator(Estimator, RayModelParams, MLWritable, MLReadable):
             from sparkml_ext.ml.ray_on_spark import check_session
 
             check_session(dataset.sparkSession)
+        # storage every host reaches when Spark runs on a cluster; a warning when Ray would run on the driver alone
+        topology.check_fit(self.getStagingUri(), self.getOutputUri(), self.getRayAddress(),
+                           topology.spark_master(dataset.sparkSession))
         if self.isDefined(self.validationIndicatorCol) and self.getValidationIndicatorCol() not in fields:
             raise ValueError(f"validationIndicatorCol {self.getValidationIndicatorCol()!r} not found")
         if self.isDefined(self.validationData):
@@ -455,11 +458,16 @@ class RayModel(Model, RayModelParams, EndpointParams, MLWritable, MLReadable):
                   "trusted_modules": self.getTrustedModules()}
         scorers = scoring
         if self.usesEndpoint():
-            config, scorers = endpoint.resolve(self, config, columns), endpoint
+            config, scorers = endpoint.resolve(self, config, columns, topology.spark_master(dataset.sparkSession)), \
+                endpoint
         elif self.getNativeScoring():
             native = self._transform_natively(dataset, meta, config)
             if native is not None:
                 return native
+        if not self.usesEndpoint():  # each executor loads the predictor from artifactUri itself
+            topology.check_storage("artifactUri", self.artifactUri, topology.spark_master(dataset.sparkSession),
+                                   "Save the model to storage every host reaches (model.write().save('s3://...')) "
+                                   "and load it from there")
         if not meta["input_schema"].get("sparse") and hasattr(F, "arrow_udf"):
             # array -> array (in-cluster) or iterator -> iterator (endpoint), from the scorer's type hints
             udf = F.arrow_udf(scorers.make_column_scorer(config), self._column_scorer_type(columns))

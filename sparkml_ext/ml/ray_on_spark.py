@@ -75,7 +75,9 @@ def _cluster(spark, max_worker_nodes: int | None) -> Iterator[str]:
     workers = max_worker_nodes or spark.sparkContext.defaultParallelism
     try:
         _make_active(spark)
-        address, _ = setup_ray_cluster(max_worker_nodes=workers, min_worker_nodes=workers)
+        # no dashboard, as for an embedded Ray (ray_backend.cluster): Ray on Spark would bind it on every interface
+        address, _ = setup_ray_cluster(max_worker_nodes=workers, min_worker_nodes=workers,
+                                       head_node_options={"include_dashboard": False})
         try:
             yield address
         finally:
