@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest, Shard
 from recordio.storage import S3Options, join, resolve
 from sparkml_ext.columns import col, map_in_arrow
+from sparkml_ext.staging.encoded import encoded_input
 from sparkml_ext.staging.validate import (
     KIND_VECTOR,
     ChannelValidationError,
@@ -37,6 +38,7 @@ from sparkml_ext.staging.writer import (
     TMP_SUFFIX,
     stats_task,
     supports_rename,
+    write_encoded_task,
     write_partition,
     write_task,
 )
@@ -194,12 +196,22 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
         if validation == "full":
             full_rows = check_stats({p: partition_stats(b, spec) for p, b in small.items()}, spec).rows
     else:
-        data, cfg["vector_parts"] = _writer_input(data, spec)
-        if num_shards:
-            data = data.repartition(num_shards)
+        shuffled = data.repartition(num_shards) if num_shards else data
+        encoded = encoded_input(shuffled, spec, dtype, cfg["target_bytes"])  # RecordIO bytes cross to Python
+        if encoded is not None:
+            data = shuffled
+        else:  # the rows cross to Python and are encoded there
+            data, cfg["vector_parts"] = _writer_input(data, spec)
+            if num_shards:
+                data = data.repartition(num_shards)
         if validation == "full":
-            rows = map_in_arrow(data, stats_task(json.dumps(cfg)), STATS_SCHEMA).collect()
-            full_rows = check_stats({r.pid: json.loads(r.stats) for r in rows}, spec).rows
+            if encoded is not None:
+                counted = encoded_input(data, spec, dtype, None, encode=False).collect()
+                per_partition = {i: json.loads(r.stats) for i, r in enumerate(counted)}
+            else:
+                rows = map_in_arrow(data, stats_task(json.dumps(cfg)), STATS_SCHEMA).collect()
+                per_partition = {r.pid: json.loads(r.stats) for r in rows}
+            full_rows = check_stats(per_partition, spec).rows
     t1 = time.perf_counter()
     fs, base = resolve(uri, S3Options(**s3d))
     created = _missing_dirs(fs, base)
@@ -212,7 +224,8 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
                 results += write_partition(batches, cfg, p, 0, per_partition[p])
                 per_partition[p] = finish_stats(per_partition[p])
         else:
-            rows = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+            task = write_task if encoded is None else write_encoded_task
+            rows = map_in_arrow(data if encoded is None else encoded, task(json.dumps(cfg)), RESULT_SCHEMA).collect()
             per_partition = {r.partition: json.loads(r.stats) for r in rows if r.split == STATS_SPLIT}
             results = [r.asDict() for r in rows if r.split != STATS_SPLIT]
         stats = check_stats(per_partition, spec)
