@@ -145,3 +145,18 @@ def encode(spark, jrdd, config: str):
     args = gateway.new_array(spark.sparkContext._jvm.java.lang.Object, 2)
     args[0], args[1] = jrdd, config
     return method.invoke(None, args)
+
+
+def is_missing_class(exc: BaseException) -> bool:
+    """Whether a failed Spark job failed because executors could not load the encoder's classes (the jar did not
+    reach them)."""
+    text = str(exc)
+    return CLASS.split(".")[0] + "." in text and ("ClassNotFoundException" in text or "NoClassDefFoundError" in text)
+
+
+def mark_unavailable(spark, exc: BaseException) -> None:
+    """Stop using the JVM encoder in this application (logged once): its executors cannot load it."""
+    _log.warning("executors could not load the JVM staging encoder; staging encodes in Python from now on: %s",
+                 str(exc)[:500])
+    with _lock:
+        _loaded[spark.sparkContext.applicationId] = None

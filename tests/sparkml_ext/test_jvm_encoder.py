@@ -210,3 +210,25 @@ def test_the_jar_is_built_once_per_source_and_spark_version(tmp_path, monkeypatc
     stamp = jar.stat().st_mtime_ns
     assert jvm.build_jar() == jar and jar.stat().st_mtime_ns == stamp  # cached: not compiled again
     assert [p.name for p in tmp_path.iterdir()] == [jar.name]  # no temp files left
+
+
+@pytest.mark.parametrize("validation", ["fast", "full"])
+def test_executors_that_cannot_load_the_encoder_fall_back_to_python(spark, tmp_path, monkeypatch, validation):
+    """The jar never reached the executors (their tasks fail to load its classes): the write is redone in Python and
+    the application stops using the JVM encoder."""
+    monkeypatch.setattr(jvm, "_loaded", dict(jvm._loaded))
+    monkeypatch.setattr(channel, "SMALL_BYTES", -1)
+
+    def unloadable(data, spec, dtype, target, encode=True):
+        def fail(batches):
+            raise RuntimeError("java.lang.ClassNotFoundException: sparkmlext.RecordIOEncoder$Task")
+            yield
+
+        return data.sparkSession.range(2).mapInArrow(fail, "split int, records long, data binary, stats string")
+
+    monkeypatch.setattr(channel, "encoded_input", unloadable)
+    df = spark.createDataFrame([(DenseVector([float(i), 1.0]), float(i % 2)) for i in range(40)],
+                               ["features", "label"]).repartition(2)
+    ch = write_channel(df, str(tmp_path / "c"), validation=validation)
+    assert ch.records == 40 and jvm.encode_method(spark) is None
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.rec")) == [s.path for s in ch.shards]
