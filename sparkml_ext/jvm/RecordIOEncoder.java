@@ -34,6 +34,9 @@ import org.apache.spark.sql.catalyst.util.ArrayData;
 public final class RecordIOEncoder {
     static final int MAGIC = 0xCED7230A;
     static final int MAX_PAYLOAD = (1 << 29) - 1;
+    static final int VECTOR = 0;
+    static final int ARRAY = 1;
+    static final int COLUMNS = 2;
     static final byte[] KEY_VALUES = {0x0A, 0x06, 'v', 'a', 'l', 'u', 'e', 's'};
     static final VarHandle INT = MethodHandles.byteArrayViewVarHandle(int[].class, ByteOrder.LITTLE_ENDIAN);
     static final VarHandle LONG = MethodHandles.byteArrayViewVarHandle(long[].class, ByteOrder.LITTLE_ENDIAN);
@@ -64,7 +67,7 @@ public final class RecordIOEncoder {
     /** What to encode: the features' layout, the columns present, the output dtype and the shard rolling. */
     static final class Config implements java.io.Serializable {
         private static final long serialVersionUID = 1L;
-        String kind;            // vector | array | columns
+        int kind;               // VECTOR, ARRAY or COLUMNS
         int nFeatures;          // feature columns (1 unless kind is columns)
         boolean arrayOfFloat;   // kind array: elements are float (else double)
         boolean[] columnFloat;  // kind columns: each column is float (else double)
@@ -86,9 +89,11 @@ public final class RecordIOEncoder {
                 }
             }
             Config c = new Config();
-            c.kind = need(kv, "kind");
-            if (!c.kind.equals("vector") && !c.kind.equals("array") && !c.kind.equals("columns")) {
-                throw new IllegalArgumentException("unknown features kind " + c.kind);
+            String kind = need(kv, "kind");
+            c.kind = kind.equals("vector") ? VECTOR : kind.equals("array") ? ARRAY : kind.equals("columns") ? COLUMNS
+                    : -1;
+            if (c.kind < 0) {
+                throw new IllegalArgumentException("unknown features kind " + kind);
             }
             String types = need(kv, "types");  // one letter per feature column: f (float) or d (double or vector)
             c.nFeatures = types.length();
@@ -96,7 +101,7 @@ public final class RecordIOEncoder {
             for (int i = 0; i < c.nFeatures; i++) {
                 c.columnFloat[i] = types.charAt(i) == 'f';
             }
-            c.arrayOfFloat = c.kind.equals("array") && c.columnFloat[0];
+            c.arrayOfFloat = c.kind == ARRAY && c.columnFloat[0];
             c.hasLabel = need(kv, "label").equals("1");
             c.hasUid = need(kv, "uid").equals("1");
             c.float64 = need(kv, "dtype").equals("float64");
@@ -270,7 +275,7 @@ public final class RecordIOEncoder {
 
         private void count(InternalRow row) {
             st.rows++;
-            if (c.kind.equals("columns")) {
+            if (c.kind == COLUMNS) {
                 boolean nonfinite = false;
                 for (int j = 0; j < c.nFeatures; j++) {
                     if (row.isNullAt(j)) {
@@ -286,7 +291,7 @@ public final class RecordIOEncoder {
                 }
             } else if (row.isNullAt(0)) {
                 st.nullFeatures[0]++;
-            } else if (c.kind.equals("vector")) {
+            } else if (c.kind == VECTOR) {
                 InternalRow v = row.getStruct(0, 4);
                 ArrayData values = v.getArray(3);
                 int n = values.numElements();
@@ -356,9 +361,9 @@ public final class RecordIOEncoder {
             long dim = 0;
             int n;
             boolean sparse = false;
-            if (c.kind.equals("columns")) {
+            if (c.kind == COLUMNS) {
                 n = c.nFeatures;
-            } else if (c.kind.equals("vector")) {
+            } else if (c.kind == VECTOR) {
                 InternalRow v = row.getStruct(0, 4);
                 values = v.getArray(3);
                 n = values.numElements();
@@ -428,7 +433,7 @@ public final class RecordIOEncoder {
             if (n > 0) {
                 b[p++] = 0x0A;
                 p = putVarint(b, p, vbytes);
-                if (c.kind.equals("columns")) {
+                if (c.kind == COLUMNS) {
                     for (int j = 0; j < n; j++) {
                         p = c.columnFloat[j] ? putFloat(b, p, row.getFloat(j)) : putDouble(b, p, row.getDouble(j));
                     }
