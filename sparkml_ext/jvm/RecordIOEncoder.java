@@ -1,17 +1,29 @@
 package sparkmlext;
 
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
 import java.lang.invoke.MethodHandles;
 import java.lang.invoke.VarHandle;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
 import java.util.ArrayDeque;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.Iterator;
+import java.util.Locale;
 import java.util.Map;
 import java.util.NoSuchElementException;
 import java.util.TreeMap;
+import java.util.UUID;
 
+import org.apache.spark.TaskContext;
 import org.apache.spark.api.java.JavaRDD;
 import org.apache.spark.api.java.function.FlatMapFunction;
 import org.apache.spark.rdd.RDD;
@@ -29,7 +41,10 @@ import org.apache.spark.sql.catalyst.util.ArrayData;
  *
  * Output rows: (split int, records long, data binary, stats string). Chunk rows carry the records of one shard
  * (`split`: the shard index in the partition, rolling over at the target bytes); the last row of a partition has
- * data null and its stats as JSON (`finish_stats`'s layout).
+ * data null and its stats as JSON (`finish_stats`'s layout). With a local directory in the config the shards are
+ * written here instead (as `writer.ShardOutput` does: a temp file renamed on commit) and the rows are the write
+ * pass's results (partition int, split int, path string, records long, bytes long, sha256 string, stats string):
+ * one per committed shard, then the stats row (split -1).
  */
 public final class RecordIOEncoder {
     static final int MAGIC = 0xCED7230A;
@@ -79,6 +94,7 @@ public final class RecordIOEncoder {
         long targetBytes;       // <= 0: one shard per partition
         int chunkBytes;
         boolean encode;         // false: count the stats only
+        String dir;             // a local directory: write the shards there (else hand chunks on)
 
         static Config parse(String text) {
             Map<String, String> kv = new HashMap<>();
@@ -117,6 +133,14 @@ public final class RecordIOEncoder {
             c.targetBytes = Long.parseLong(need(kv, "target"));
             c.chunkBytes = Integer.parseInt(need(kv, "chunk"));
             c.encode = need(kv, "encode").equals("1");
+            String dirHex = kv.get("dir_hex");  // hex of the UTF-8 path, so any character survives the format
+            if (dirHex != null) {
+                byte[] raw = new byte[dirHex.length() / 2];
+                for (int i = 0; i < raw.length; i++) {
+                    raw[i] = (byte) Integer.parseInt(dirHex.substring(2 * i, 2 * i + 2), 16);
+                }
+                c.dir = new String(raw, StandardCharsets.UTF_8);
+            }
             return c;
         }
 
@@ -201,6 +225,8 @@ public final class RecordIOEncoder {
         private long encoded;
         private boolean failed;
         private boolean finished;
+        private final int partition;
+        private ShardFile shard;
 
         PartitionEncoder(Config c, Iterator<InternalRow> in) {
             this.c = c;
@@ -211,6 +237,7 @@ public final class RecordIOEncoder {
             this.tag = (byte) (c.float64 ? 0x1A : 0x12);
             this.itemSize = c.float64 ? 8 : 4;
             this.buf = new byte[c.encode ? Math.max(c.chunkBytes, 64) : 0];
+            this.partition = TaskContext.getPartitionId();
         }
 
         @Override
@@ -234,8 +261,14 @@ public final class RecordIOEncoder {
             if (!in.hasNext()) {
                 if (!failed) {
                     flush();
+                    commitShard();
+                    if (c.dir != null && written != st.rows) {
+                        throw new IllegalStateException("partition " + partition + ": wrote " + written
+                                + " records of the " + st.rows + " rows it read");
+                    }
                 }
-                ready.add(RowFactory.create(-1, 0L, null, st.toJson()));
+                ready.add(c.dir == null ? RowFactory.create(-1, 0L, null, st.toJson())
+                        : RowFactory.create(partition, -1, "", 0L, 0L, "", st.toJson()));
                 finished = true;
                 return;
             }
@@ -249,6 +282,10 @@ public final class RecordIOEncoder {
                 pos = 0;
                 chunkRecords = 0;
                 buf = new byte[0];
+                if (shard != null) {
+                    shard.abort();
+                    shard = null;
+                }
                 return;
             }
             int frame = encodeRow(row);
@@ -257,18 +294,34 @@ public final class RecordIOEncoder {
             shardBytes += frame;
             if (c.targetBytes > 0 && shardBytes + (encoded / (double) written) / 2 >= c.targetBytes) {
                 flush();
+                commitShard();
                 split++;
                 shardBytes = 0;
             }
         }
 
-        /** Queue the buffered records as one chunk row of the current shard. */
+        /** Hand the buffered records on: one chunk row of the current shard, or appended to its file. */
         private void flush() {
             if (chunkRecords > 0) {
-                ready.add(RowFactory.create(split, chunkRecords, Arrays.copyOf(buf, pos), null));
+                if (c.dir == null) {
+                    ready.add(RowFactory.create(split, chunkRecords, Arrays.copyOf(buf, pos), null));
+                } else {
+                    if (shard == null) {
+                        shard = new ShardFile(c.dir, partition, split);
+                    }
+                    shard.write(buf, pos, chunkRecords);
+                }
             }
             pos = 0;
             chunkRecords = 0;
+        }
+
+        /** Commit the current shard file, if any, and queue its result row. */
+        private void commitShard() {
+            if (shard != null) {
+                ready.add(shard.commit(partition));
+                shard = null;
+            }
         }
 
         // ---- stats (validate.add_batch_stats, one row at a time) ----
@@ -338,8 +391,9 @@ public final class RecordIOEncoder {
                         st.nonfiniteLabel++;
                     } else if (c.labelValues != null) {
                         boolean known = false;
-                        for (double allowed : c.labelValues) {
-                            known |= allowed == y;
+                        long bits = Double.doubleToLongBits(y);
+                        for (double allowed : c.labelValues) {  // bit for bit, as Arrow's is_in: -0.0 is not 0.0
+                            known |= Double.doubleToLongBits(allowed) == bits;
                         }
                         if (!known) {
                             st.otherLabels++;
@@ -510,6 +564,67 @@ public final class RecordIOEncoder {
             }
             INT.set(b, p, quiet(Float.floatToRawIntBits(f)));
             return p + 4;
+        }
+    }
+
+    /** One shard being written locally (writer.ShardOutput): a temp file, renamed under its final name on commit. */
+    static final class ShardFile {
+        private final Path tmp;
+        private final Path dest;
+        private final String name;
+        private final int split;
+        private final OutputStream out;
+        private final MessageDigest sha;
+        private long records;
+        private long bytes;
+
+        ShardFile(String dir, int partition, int split) {
+            this.split = split;
+            this.name = String.format(Locale.ROOT, "part-%05d-%03d.rec", partition, split);
+            this.dest = Paths.get(dir, name);
+            this.tmp = Paths.get(dir, "." + name + "." + UUID.randomUUID().toString().replace("-", "") + ".tmp");
+            try {
+                this.sha = MessageDigest.getInstance("SHA-256");
+                this.out = Files.newOutputStream(tmp);
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            } catch (NoSuchAlgorithmException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+
+        void write(byte[] data, int length, long count) {
+            try {
+                out.write(data, 0, length);
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+            sha.update(data, 0, length);
+            records += count;
+            bytes += length;
+        }
+
+        Row commit(int partition) {
+            try {
+                out.close();
+                Files.move(tmp, dest, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+            StringBuilder hex = new StringBuilder(64);
+            for (byte b : sha.digest()) {
+                hex.append(Character.forDigit((b >> 4) & 0xF, 16)).append(Character.forDigit(b & 0xF, 16));
+            }
+            return RowFactory.create(partition, split, name, records, bytes, hex.toString(), null);
+        }
+
+        void abort() {
+            try {
+                out.close();
+                Files.deleteIfExists(tmp);
+            } catch (IOException e) {
+                // best effort: the driver removes stray temp files
+            }
         }
     }
 

@@ -256,13 +256,17 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
 
 def _executor_input(selected, spec, cfg: dict, num_shards: int | None, use_jvm: bool = True) -> tuple:
     """(the DataFrame the executors' passes read, its JVM-encoded form or None). Encoded on the JVM where available
-    (`encoded.encoded_input`: only RecordIO bytes cross to Python); else the rows cross as `_writer_input` lays them
-    out (cfg["vector_parts"] says how) and Python encodes them."""
-    cfg["vector_parts"] = None
+    (`encoded.encoded_input`): written there too for a local channel (cfg["jvm_writes"]), else only RecordIO bytes
+    cross to Python, which writes them; without the JVM encoder the rows cross as `_writer_input` lays them out
+    (cfg["vector_parts"] says how) and Python encodes them."""
+    cfg["vector_parts"], cfg["jvm_writes"] = None, False
     if use_jvm:
         shuffled = selected.repartition(num_shards) if num_shards else selected
-        encoded = encoded_input(shuffled, spec, cfg["dtype"], cfg["target_bytes"])
+        fs, base = resolve(cfg["uri"], S3Options(**cfg["s3"]))
+        local = base if fs.type_name == "local" and not cfg["fault"] else None  # (fault injection: Python's writer)
+        encoded = encoded_input(shuffled, spec, cfg["dtype"], cfg["target_bytes"], local_dir=local)
         if encoded is not None:
+            cfg["jvm_writes"] = "sha256" in encoded.columns  # the write pass's results, not chunks
             return shuffled, encoded
     data, cfg["vector_parts"] = _writer_input(selected, spec)
     return (data.repartition(num_shards) if num_shards else data), None
@@ -280,6 +284,8 @@ def _full_stats(data, encoded, spec, cfg: dict) -> dict[int, dict]:
 
 def _write_pass(data, encoded, cfg: dict) -> list:
     """The executors' write pass (one Spark job): its result rows (shards, and one stats row per partition)."""
+    if cfg["jvm_writes"]:  # the JVM wrote the shards: no Python worker
+        return encoded.collect()
     if encoded is not None:
         return map_in_arrow(encoded, write_encoded_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
     return map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
