@@ -1,7 +1,8 @@
-"""The write pass's input encoded on the JVM (`sparkml_ext.jvm`): the rows of `validate.select_columns`' projection
-become RecordIO-protobuf chunks and per-partition stats inside the same Spark task, so only a few large binary values
-per partition cross to Python (`writer.write_encoded_task`), which writes them as today; the Vectors themselves
-never do. None wherever that path is unavailable (then the rows cross to Python and are encoded there)."""
+"""The write pass on the JVM (`sparkml_ext.jvm`): the rows of `validate.select_columns`' projection become
+RecordIO-protobuf and per-partition stats inside the Spark task that reads them. A local channel is written there
+too (no Python worker); for other stores only a few large binary chunks per partition cross to Python
+(`writer.write_encoded_task`), which writes them as before. The rows themselves never cross. None wherever the JVM
+encoder is unavailable (then the rows cross to Python and are encoded there)."""
 
 from __future__ import annotations
 
