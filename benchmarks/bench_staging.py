@@ -1,7 +1,9 @@
 """Staging throughput: sparkml_ext.write_channel vs df.write.parquet on the same cached DataFrame and session.
 
 Datasets: dense (1,000,000 x 50 float + label, as a Spark ML Vector column) and sparse (200,000 rows of
-100,000-dim Vectors with ~20 nonzeros + label). Prints a markdown table of medians over --runs runs.
+100,000-dim Vectors with ~20 nonzeros + label). Prints a markdown table of medians over --runs runs: write_channel as
+it runs by default (RecordIO encoded on the JVM where the encoder's jar is available), write_channel with the rows
+encoded in Python ($SPARKML_EXT_JVM_ENCODER=0, the fallback), and df.write.parquet, interleaved; then the ratios.
 
     .venv/bin/python benchmarks/bench_staging.py            # full sizes
     .venv/bin/python benchmarks/bench_staging.py --quick    # small sizes, a smoke run
@@ -104,7 +106,7 @@ def _median_time(fn, runs: int) -> tuple[float, object]:
 
 def bench(spark, name: str, df, raw_bytes: int, runs: int, work: Path) -> list[dict]:
     """Time write_channel and df.write.parquet on one cached DataFrame; return one result row per writer."""
-    from sparkml_ext import write_channel
+    from sparkml_ext import jvm, write_channel
 
     rows = df.count()  # materialize the cache before timing
     if raw_bytes is None:  # sparse: 8-byte value + 4-byte index per nonzero, 8-byte label per row
@@ -115,21 +117,38 @@ def bench(spark, name: str, df, raw_bytes: int, runs: int, work: Path) -> list[d
     def stage():
         return write_channel(df, str(rec_dir), "features", "label", mode="overwrite")
 
+    def stage_python():
+        os.environ[jvm.SWITCH_ENV] = "0"
+        try:
+            return write_channel(df, str(rec_dir), "features", "label", mode="overwrite")
+        finally:
+            del os.environ[jvm.SWITCH_ENV]
+
     def parquet():
         df.write.mode("overwrite").parquet(str(pq_dir))
 
-    stage()  # warm-up: Python workers, first use of the Arrow path
+    on_jvm = jvm.encode_method(spark) is not None
+    stage()  # warm-up: Python workers, first use of the Arrow path (and the encoder's jar)
+    stage_python()
     parquet()
-    rec_times, pq_times, ch = [], [], None
-    for _ in range(runs):  # interleaved, so both writers see the same machine load
-        t, ch = _median_time(stage, 1)
-        rec_times.append(t)
-        pq_times.append(_median_time(parquet, 1)[0])
-    t_rec, t_pq = statistics.median(rec_times), statistics.median(pq_times)
+    times: dict[str, list[float]] = {"jvm": [], "python": [], "parquet": []}
+    last: dict[str, object] = {}
+    for _ in range(runs):  # interleaved, so every writer sees the same machine load
+        for key, fn in (("jvm", stage), ("python", stage_python), ("parquet", parquet)):
+            t, last[key] = _median_time(fn, 1)
+            times[key].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rec_size = _dir_bytes(rec_dir)
+
+    def phases(ch) -> str:
+        return f"{len(ch.shards)} shards; validate {ch.timings['validate']:.2f} s + write {ch.timings['write']:.2f} s"
+
     for writer, secs, size, extra in (
-        ("write_channel (RecordIO-protobuf)", t_rec, _dir_bytes(rec_dir),
-         f"{len(ch.shards)} shards; validate {ch.timings['validate']:.1f} s + write {ch.timings['write']:.1f} s"),
-        ("df.write.parquet", t_pq, _dir_bytes(pq_dir), ""),
+        (f"write_channel ({'JVM' if on_jvm else 'no JVM encoder here: Python'} encoder, default)", med["jvm"],
+         rec_size, f"{phases(last['jvm'])}; {med['parquet'] / med['jvm']:.2f}x Parquet's speed"),
+        ("write_channel (Python encoder, fallback)", med["python"], rec_size,
+         f"{phases(last['python'])}; {med['parquet'] / med['python']:.2f}x Parquet's speed"),
+        ("df.write.parquet", med["parquet"], _dir_bytes(pq_dir), ""),
     ):
         out.append({"data": name, "writer": writer, "rows": rows, "seconds": secs, "rows_s": rows / secs,
                     "out_mb": size / 1e6, "out_mb_s": size / 1e6 / secs,

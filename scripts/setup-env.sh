@@ -6,7 +6,16 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 stamp_src=$(cat requirements/constraints.txt requirements/spark35.txt setup.cfg pyproject.toml scripts/setup-env.sh scripts/build-horovod.sh \
   | sha256sum | cut -c1-16)
+# The staging encoder's jar (sparkml_ext/jvm): one javac against pyspark's jars into a cache outside the repo, keyed
+# by the source and Spark version (a no-op once built). Without a JDK staging encodes in Python: a warning, not an error.
+build_jvm_encoder() {
+  .venv/bin/python -m sparkml_ext.jvm >/dev/null || echo "warning: JVM staging encoder not built" >&2
+  if [ -d .venv/spark35/pyspark ]; then  # and against Spark 3.5, for tests/test_spark35.py
+    PYTHONPATH=.venv/spark35 .venv/bin/python -m sparkml_ext.jvm >/dev/null || echo "warning: (Spark 3.5)" >&2
+  fi
+}
 if [ -f .venv/.stamp ] && [ "$(cat .venv/.stamp)" = "$stamp_src" ]; then
+  build_jvm_encoder
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -21,3 +30,4 @@ rm -rf .venv/spark35
 # Horovod's backend is tested in CI: patched build from source (a few minutes, once per .venv).
 bash scripts/build-horovod.sh .venv/bin/python
 echo "$stamp_src" > .venv/.stamp
+build_jvm_encoder

@@ -106,10 +106,25 @@ def s3_server():
     server.stop()
 
 
-@pytest.fixture(params=["driver", "executors"])
+@pytest.fixture(params=["driver", "executors", "executors-python"])
 def both_staging_paths(request, monkeypatch):
-    """Run a staging test twice: small DataFrames staged from the driver (the default below 4 MiB), and through the
-    executors' write pass, which larger data takes."""
-    if request.param == "executors":
+    """Run a staging test on every path: small DataFrames staged from the driver (the default below 4 MiB), and
+    through the executors' write pass, which larger data takes: encoded on the JVM (the default wherever the encoder's
+    jar builds, as in CI) and, "executors-python", with the rows encoded in Python (the fallback)."""
+    if request.param.startswith("executors"):
         monkeypatch.setattr("sparkml_ext.staging.channel.SMALL_BYTES", -1)
+    if request.param == "executors-python":
+        monkeypatch.setenv("SPARKML_EXT_JVM_ENCODER", "0")
+    elif request.param == "executors" and jvm_encoder_expected():
+        from sparkml_ext import jvm
+
+        assert jvm.encode_method(request.getfixturevalue("spark")) is not None, "the JVM encoder did not load"
     return request.param
+
+
+def jvm_encoder_expected() -> bool:
+    """Whether this machine can build (or has) the staging encoder's jar: then staging must use it."""
+    from sparkml_ext import jvm
+
+    jars = jvm.spark_jars_dir()
+    return jars is not None and (jvm.jar_path(jars).is_file() or jvm.find_javac() is not None)

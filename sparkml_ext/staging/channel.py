@@ -18,7 +18,9 @@ import pyarrow.fs as pafs
 
 from recordio.manifest import MANIFEST_NAME, SAGEMAKER_MANIFEST_NAME, Manifest, Shard
 from recordio.storage import S3Options, join, resolve
+from sparkml_ext import jvm
 from sparkml_ext.columns import col, map_in_arrow
+from sparkml_ext.staging.encoded import encoded_input
 from sparkml_ext.staging.validate import (
     KIND_VECTOR,
     ChannelValidationError,
@@ -37,6 +39,7 @@ from sparkml_ext.staging.writer import (
     TMP_SUFFIX,
     stats_task,
     supports_rename,
+    write_encoded_task,
     write_partition,
     write_task,
 )
@@ -194,12 +197,18 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
         if validation == "full":
             full_rows = check_stats({p: partition_stats(b, spec) for p, b in small.items()}, spec).rows
     else:
-        data, cfg["vector_parts"] = _writer_input(data, spec)
-        if num_shards:
-            data = data.repartition(num_shards)
+        selected = data
+        data, encoded = _executor_input(selected, spec, cfg, num_shards)
         if validation == "full":
-            rows = map_in_arrow(data, stats_task(json.dumps(cfg)), STATS_SCHEMA).collect()
-            full_rows = check_stats({r.pid: json.loads(r.stats) for r in rows}, spec).rows
+            try:
+                per_partition = _full_stats(data, encoded, spec, cfg)
+            except Exception as exc:  # noqa: BLE001 (re-raised unless the JVM encoder is missing on executors)
+                if encoded is None or not jvm.is_missing_class(exc):
+                    raise
+                jvm.mark_unavailable(df.sparkSession, exc)
+                data, encoded = _executor_input(selected, spec, cfg, num_shards, use_jvm=False)
+                per_partition = _full_stats(data, encoded, spec, cfg)
+            full_rows = check_stats(per_partition, spec).rows
     t1 = time.perf_counter()
     fs, base = resolve(uri, S3Options(**s3d))
     created = _missing_dirs(fs, base)
@@ -212,7 +221,15 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
                 results += write_partition(batches, cfg, p, 0, per_partition[p])
                 per_partition[p] = finish_stats(per_partition[p])
         else:
-            rows = map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+            try:
+                rows = _write_pass(data, encoded, cfg)
+            except Exception as exc:  # noqa: BLE001 (re-raised unless the JVM encoder is missing on executors)
+                if encoded is None or not jvm.is_missing_class(exc):
+                    raise
+                jvm.mark_unavailable(df.sparkSession, exc)
+                _cleanup_strays(fs, base, set())
+                data, encoded = _executor_input(selected, spec, cfg, num_shards, use_jvm=False)
+                rows = _write_pass(data, encoded, cfg)
             per_partition = {r.partition: json.loads(r.stats) for r in rows if r.split == STATS_SPLIT}
             results = [r.asDict() for r in rows if r.split != STATS_SPLIT]
         stats = check_stats(per_partition, spec)
@@ -235,6 +252,43 @@ def write_channel(df, uri: str, featuresCol: str | Sequence[str] = "features",  
                        spec.label is not None, spec.uid is not None, extra)
     t3 = time.perf_counter()
     return Channel(uri=uri, manifest=manifest, timings={"validate": t1 - t0, "write": t2 - t1, "commit": t3 - t2})
+
+
+def _executor_input(selected, spec, cfg: dict, num_shards: int | None, use_jvm: bool = True) -> tuple:
+    """(the DataFrame the executors' passes read, its JVM-encoded form or None). Encoded on the JVM where available
+    (`encoded.encoded_input`): written there too for a local channel (cfg["jvm_writes"]), else only RecordIO bytes
+    cross to Python, which writes them; without the JVM encoder the rows cross as `_writer_input` lays them out
+    (cfg["vector_parts"] says how) and Python encodes them."""
+    cfg["vector_parts"], cfg["jvm_writes"] = None, False
+    if use_jvm:
+        shuffled = selected.repartition(num_shards) if num_shards else selected
+        fs, base = resolve(cfg["uri"], S3Options(**cfg["s3"]))
+        local = base if fs.type_name == "local" and not cfg["fault"] else None  # (fault injection: Python's writer)
+        encoded = encoded_input(shuffled, spec, cfg["dtype"], cfg["target_bytes"], local_dir=local)
+        if encoded is not None:
+            cfg["jvm_writes"] = "sha256" in encoded.columns  # the write pass's results, not chunks
+            return shuffled, encoded
+    data, cfg["vector_parts"] = _writer_input(selected, spec)
+    return (data.repartition(num_shards) if num_shards else data), None
+
+
+def _full_stats(data, encoded, spec, cfg: dict) -> dict[int, dict]:
+    """validation="full"'s pass: every partition's stats, counted before anything is written (on the JVM alone when
+    the write pass encodes there)."""
+    if encoded is not None:
+        counted = encoded_input(data, spec, cfg["dtype"], None, encode=False).collect()
+        return {i: json.loads(r.stats) for i, r in enumerate(counted)}
+    rows = map_in_arrow(data, stats_task(json.dumps(cfg)), STATS_SCHEMA).collect()
+    return {r.pid: json.loads(r.stats) for r in rows}
+
+
+def _write_pass(data, encoded, cfg: dict) -> list:
+    """The executors' write pass (one Spark job): its result rows (shards, and one stats row per partition)."""
+    if cfg["jvm_writes"]:  # the JVM wrote the shards: no Python worker
+        return encoded.collect()
+    if encoded is not None:
+        return map_in_arrow(encoded, write_encoded_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
+    return map_in_arrow(data, write_task(json.dumps(cfg)), RESULT_SCHEMA).collect()
 
 
 def _resplit(small: dict[int, list[pa.RecordBatch]], num_shards: int) -> dict[int, list[pa.RecordBatch]]:

@@ -171,6 +171,88 @@ def write_partition(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int
     return results
 
 
+def write_encoded(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int,
+                  attempt: int) -> tuple[list[dict], dict]:
+    """Write one partition's chunks encoded on the JVM (`encoded.encoded_input`: rows of split, records, data, and a
+    last one of stats) as its shards; return (the committed shards' descriptions, the partition's stats). As in
+    `write_partition`: a shard is committed when the next one starts (the JVM rolls them at the target size), and
+    stats that show a problem leave nothing but committed shards, which the driver rolls back."""
+    from sparkml_ext.staging.validate import has_problem
+
+    fs, base = resolve(cfg["uri"], S3Options(**cfg["s3"]))
+    fault = cfg.get("fault") or {}
+    inject = fault.get("partition") == partition and attempt == 0
+    results: list[dict] = []
+    out: ShardOutput | None = None
+    written = 0
+    stats = None
+    try:
+        for b in batches:
+            splits = b.column(0).to_numpy(zero_copy_only=False)
+            records = b.column(1).to_numpy(zero_copy_only=False)
+            data, info = b.column(2), b.column(3)
+            chunks = info.null_count  # chunk rows have no stats; the partition's stats come last
+            if chunks < len(info):
+                stats = json.loads(info[len(info) - 1].as_py())
+            if not chunks:
+                continue
+            offsets = np.frombuffer(data.buffers()[1], np.int32, count=len(data) + 1, offset=data.offset * 4)
+            payload = data.buffers()[2]
+            starts = np.flatnonzero(np.diff(splits[:chunks], prepend=-2))  # runs of chunks of one shard
+            for i, j in zip(starts, [*starts[1:], chunks], strict=True):
+                if out is not None and out.split != splits[i]:
+                    results.append(out.commit())
+                    out = None
+                if out is None:
+                    out = ShardOutput(fs, base, partition, int(splits[i]))
+                take = int(records[i:j].sum())
+                out.write(payload.slice(int(offsets[i]), int(offsets[j] - offsets[i])), take)
+                written += take
+                if inject and written >= fault["after_records"]:
+                    if out.stream is not None:
+                        out.stream.flush()
+                    raise RuntimeError(f"injected failure in partition {partition} after {written} records")
+        if stats is None:
+            raise RuntimeError(f"partition {partition}: the JVM encoder sent no stats")
+        if has_problem(stats):
+            if out is not None:
+                out.abort()
+            out = None
+        elif out is not None and out.records:
+            results.append(out.commit())
+            out = None
+    finally:
+        if out is not None and not inject:
+            out.abort()
+    if not has_problem(stats) and written != stats["rows"]:
+        raise RuntimeError(f"partition {partition}: wrote {written} records of the {stats['rows']} rows it read")
+    return results, stats
+
+
+def _result_batch(rows: list[dict]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist(rows, schema=pa.schema([
+        ("partition", pa.int32()), ("split", pa.int32()), ("path", pa.string()), ("records", pa.int64()),
+        ("bytes", pa.int64()), ("sha256", pa.string()), ("stats", pa.string())]))
+
+
+def _stats_row(partition: int, stats: dict) -> dict:
+    return {"partition": partition, "split": STATS_SPLIT, "path": "", "records": 0, "bytes": 0, "sha256": "",
+            "stats": json.dumps(stats)}
+
+
+def write_encoded_task(cfg_json: str):
+    """The mapInArrow function of the write pass over JVM-encoded chunks: shard descriptions and one stats row out."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        rows, stats = write_encoded(batches, json.loads(cfg_json), ctx.partitionId(), ctx.attemptNumber())
+        yield _result_batch([*rows, _stats_row(ctx.partitionId(), stats)])
+
+    return run
+
+
 def write_task(cfg_json: str):
     """The mapInArrow function of the write pass: shard descriptions out, never data; with cfg["spec"] one more
     row (split -1) carries the partition's stats."""
@@ -185,11 +267,8 @@ def write_task(cfg_json: str):
         stats = {} if cfg.get("spec") else None
         rows = write_partition(batches, cfg, ctx.partitionId(), ctx.attemptNumber(), stats)
         if stats is not None:
-            rows.append({"partition": ctx.partitionId(), "split": STATS_SPLIT, "path": "", "records": 0, "bytes": 0,
-                         "sha256": "", "stats": json.dumps(finish_stats(stats))})
-        yield pa.RecordBatch.from_pylist(rows, schema=pa.schema([
-            ("partition", pa.int32()), ("split", pa.int32()), ("path", pa.string()), ("records", pa.int64()),
-            ("bytes", pa.int64()), ("sha256", pa.string()), ("stats", pa.string())]))
+            rows.append(_stats_row(ctx.partitionId(), finish_stats(stats)))
+        yield _result_batch(rows)
 
     return run
 
