@@ -147,7 +147,8 @@ class _HashingStream:
 
 
 class ChannelReader:
-    """One worker's view of a channel: its slices, read once per epoch (Pipe) or from a local copy (File)."""
+    """One worker's view of a channel: its slices, read once per epoch (Pipe) or from a local copy (File: remote
+    shards copied once, local ones read in place; decoded arrays kept after the first epoch when they fit)."""
 
     def __init__(self, name: str, spec: ChannelSpec, manifest: Manifest, slices: list[ShardSlice],
                  s3: storage.S3Options | None = None, local_root: str | None = None):
@@ -198,11 +199,12 @@ class ChannelReader:
         return local
 
     def _produce(self) -> Iterator[Chunk]:
-        if self.spec.input_mode == FILE:
-            fs: pafs.FileSystem = pafs.LocalFileSystem()
-            base = self._materialize()
-        else:
-            fs, base = storage.resolve(self.spec.uri, self._s3)
+        fs, base = storage.resolve(self.spec.uri, self._s3)
+        # File mode copies remote shards to local disk once; shards already on a local filesystem are read in
+        # place (a copy would only double the bytes read and written), hashed as they stream, like Pipe mode.
+        copied = self.spec.input_mode == FILE and not isinstance(fs, pafs.LocalFileSystem)
+        if copied:
+            fs, base = pafs.LocalFileSystem(), self._materialize()
         for s in self.slices:
             where = f"{base}/{s.path}"
             try:
@@ -210,7 +212,7 @@ class ChannelReader:
             except OSError as exc:
                 raise ChannelError(f"cannot open shard {storage.join(self.spec.uri, s.path)!r}: {exc}") from exc
             with src:
-                stream = src if self.spec.input_mode == FILE else _HashingStream(src)  # File: checked when copied
+                stream = src if copied else _HashingStream(src)  # a copy was checked when it was made
                 yield from iter_slice(stream, s, path=storage.join(self.spec.uri, s.path))
                 if stream is not src:  # Pipe: hash the shard's rest (past this slice) too, then check the whole
                     while stream.read(_COPY_CHUNK):

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from ray_backend.channels import ChannelReader, ChannelSpec, load_manifest
 from ray_backend.errors import ChannelError
 from ray_backend.sharding import FULLY_REPLICATED, SHARDED_BY_KEY, assign
+from recordio.errors import RecordIOError
 from tests.ray_backend.helpers import id_parts, write_channel
 
 
@@ -30,8 +31,10 @@ def read_ids(uri: str, workers: int, distribution: str, mode: str, epochs: int =
                        else c.features[:, 0] for c in reader.batches(batch)]
                 per_epoch.append(np.concatenate(ids) if ids else np.zeros(0))
             out.append(per_epoch)
-            if mode == "File":
-                assert reader._local_dir is not None and os.path.isdir(reader._local_dir)
+            if mode == "File":  # remote shards are copied to local disk once; local ones are read in place
+                remote = uri.startswith("s3://")
+                assert (reader._local_dir is not None) == remote
+                assert not remote or os.path.isdir(reader._local_dir)
         finally:
             reader.close()
     return out
@@ -85,15 +88,22 @@ def test_malformed_manifest_is_rejected(tmp_path):
         load_manifest(str(tmp_path))
 
 
-def test_file_mode_rejects_a_shard_that_fails_its_checksum(tmp_path):
-    uri = write_channel(tmp_path / "train", id_parts([10]))
+@pytest.mark.parametrize("mode", ["File", "Pipe"])
+@pytest.mark.parametrize("flip", ["mantissa", "structure"])
+def test_a_tampered_shard_is_refused(tmp_path, mode, flip):
+    """A flipped mantissa bit decodes fine and fails the manifest's sha256; a broken record fails to decode (naming
+    the file and offset). Either way the epoch raises: a tampered channel never trains to the end."""
+    parts = id_parts([10])
+    uri = write_channel(tmp_path / "train", parts)
     shard = tmp_path / "train" / "part-00000-000.rec"
     data = bytearray(shard.read_bytes())
-    data[-5] ^= 0xFF
+    at = data.find(parts[0][0][9, 1].tobytes()) if flip == "mantissa" else len(data) - 5
+    assert at > 0
+    data[at] ^= 0x01 if flip == "mantissa" else 0xFF
     shard.write_bytes(bytes(data))
     manifest = load_manifest(uri)
-    reader = ChannelReader("train", ChannelSpec(uri, input_mode="File"), manifest, assign(manifest, 1)[0])
-    with pytest.raises(ChannelError, match="sha256"):
+    reader = ChannelReader("train", ChannelSpec(uri, input_mode=mode), manifest, assign(manifest, 1)[0])
+    with pytest.raises((ChannelError, RecordIOError), match="sha256" if flip == "mantissa" else "part-00000-000"):
         list(reader.batches(4))
 
 
