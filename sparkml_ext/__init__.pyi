@@ -355,9 +355,9 @@ class FactorizationMachinesBinaryClassifier(Estimator):
     def setSyncEvery(self, value: int) -> FactorizationMachinesBinaryClassifier:
         """Set sync_every: local mini-batches between model averaging across workers (not a SageMaker setting)"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> FactorizationMachinesBinaryClassifier:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> FactorizationMachinesBinaryClassifier:
@@ -748,9 +748,9 @@ class FactorizationMachinesModel(Model):
     def setSyncEvery(self, value: int) -> FactorizationMachinesModel:
         """Set sync_every: local mini-batches between model averaging across workers (not a SageMaker setting)"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> FactorizationMachinesModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> FactorizationMachinesModel:
@@ -1086,9 +1086,9 @@ class FactorizationMachinesRegressor(Estimator):
     def setSyncEvery(self, value: int) -> FactorizationMachinesRegressor:
         """Set sync_every: local mini-batches between model averaging across workers (not a SageMaker setting)"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> FactorizationMachinesRegressor:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> FactorizationMachinesRegressor:
@@ -1436,9 +1436,9 @@ class KMeans(Estimator):
     def setStagingUri(self, value: str) -> KMeans:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> KMeans:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> KMeans:
@@ -1773,9 +1773,9 @@ class KMeansModel(Model):
     def setStagingUri(self, value: str) -> KMeansModel:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> KMeansModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> KMeansModel:
@@ -2065,9 +2065,9 @@ class KNNClassifier(Estimator):
     def setStagingUri(self, value: str) -> KNNClassifier:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> KNNClassifier:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> KNNClassifier:
@@ -2383,9 +2383,9 @@ class KNNModel(Model):
     def setStagingUri(self, value: str) -> KNNModel:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> KNNModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> KNNModel:
@@ -2649,9 +2649,9 @@ class KNNRegressor(Estimator):
     def setStagingUri(self, value: str) -> KNNRegressor:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> KNNRegressor:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> KNNRegressor:
@@ -3028,9 +3028,9 @@ class LinearLearnerBinaryClassifier(Estimator):
     def setTargetRecall(self, value: float) -> LinearLearnerBinaryClassifier:
         """Set target_recall: recall that precision_at_target_recall must reach"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> LinearLearnerBinaryClassifier:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> LinearLearnerBinaryClassifier:
@@ -3491,9 +3491,9 @@ class LinearLearnerModel(Model):
     def setTargetRecall(self, value: float) -> LinearLearnerModel:
         """Set target_recall: recall that precision_at_target_recall must reach"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> LinearLearnerModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> LinearLearnerModel:
@@ -3904,9 +3904,9 @@ class LinearLearnerMultiClassClassifier(Estimator):
     def setTargetRecall(self, value: float) -> LinearLearnerMultiClassClassifier:
         """Set target_recall: recall that precision_at_target_recall must reach"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> LinearLearnerMultiClassClassifier:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> LinearLearnerMultiClassClassifier:
@@ -4303,9 +4303,9 @@ class LinearLearnerRegressor(Estimator):
     def setTargetRecall(self, value: float) -> LinearLearnerRegressor:
         """Set target_recall: recall that precision_at_target_recall must reach"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> LinearLearnerRegressor:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> LinearLearnerRegressor:
@@ -4588,9 +4588,9 @@ class NTM(Estimator):
     def setTolerance(self, value: float) -> NTM:
         """Set tolerance: early stopping: stop when the loss improved by less than this fraction over the last num_patience_epochs epochs"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> NTM:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> NTM:
@@ -4929,9 +4929,9 @@ class NTMModel(Model):
     def setTolerance(self, value: float) -> NTMModel:
         """Set tolerance: early stopping: stop when the loss improved by less than this fraction over the last num_patience_epochs epochs"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> NTMModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> NTMModel:
@@ -5188,9 +5188,9 @@ class PCA(Estimator):
     def setSubtractMean(self, value: bool) -> PCA:
         """Set subtract_mean: centre the data on its mean, in training and projection"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> PCA:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> PCA:
@@ -5481,9 +5481,9 @@ class PCAModel(Model):
     def setSubtractMean(self, value: bool) -> PCAModel:
         """Set subtract_mean: centre the data on its mean, in training and projection"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> PCAModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> PCAModel:
@@ -5713,9 +5713,9 @@ class RandomCutForest(Estimator):
     def setStagingUri(self, value: str) -> RandomCutForest:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> RandomCutForest:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> RandomCutForest:
@@ -5991,9 +5991,9 @@ class RandomCutForestModel(Model):
     def setStagingUri(self, value: str) -> RandomCutForestModel:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> RandomCutForestModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> RandomCutForestModel:
@@ -6192,9 +6192,9 @@ class RayEstimator(Estimator):
     def setStagingUri(self, value: str) -> RayEstimator:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> RayEstimator:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> RayEstimator:
@@ -6443,9 +6443,9 @@ class RayModel(Model):
     def setStagingUri(self, value: str) -> RayModel:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> RayModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> RayModel:
@@ -6680,9 +6680,9 @@ class TorchEstimator(Estimator):
     def setStagingUri(self, value: str) -> TorchEstimator:
         """Set stagingUri: where training data is staged as RecordIO-protobuf (path, file://, s3://, hdfs://); empty means a temporary local directory"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> TorchEstimator:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> TorchEstimator:
@@ -7121,9 +7121,9 @@ class XGBoostClassificationModel(Model):
     def setSubsample(self, value: float) -> XGBoostClassificationModel:
         """Set subsample: fraction of rows sampled per tree"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> XGBoostClassificationModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> XGBoostClassificationModel:
@@ -7443,9 +7443,9 @@ class XGBoostClassifier(Estimator):
     def setSubsample(self, value: float) -> XGBoostClassifier:
         """Set subsample: fraction of rows sampled per tree"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> XGBoostClassifier:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> XGBoostClassifier:
@@ -7805,9 +7805,9 @@ class XGBoostRegressionModel(Model):
     def setSubsample(self, value: float) -> XGBoostRegressionModel:
         """Set subsample: fraction of rows sampled per tree"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> XGBoostRegressionModel:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> XGBoostRegressionModel:
@@ -8117,9 +8117,9 @@ class XGBoostRegressor(Estimator):
     def setSubsample(self, value: float) -> XGBoostRegressor:
         """Set subsample: fraction of rows sampled per tree"""
     def getTrainingInputMode(self) -> str:
-        """Get trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Get trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def setTrainingInputMode(self, value: str) -> XGBoostRegressor:
-        """Set trainingInputMode: File (each worker copies its shards locally once) or Pipe (stream every epoch)"""
+        """Set trainingInputMode: File (each worker copies remote shards locally once, reads local ones in place, and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)"""
     def getTrainingTimeout(self) -> float:
         """Get trainingTimeout: seconds a training job may run before it is stopped and fit() fails (0 = no limit)"""
     def setTrainingTimeout(self, value: float) -> XGBoostRegressor:

@@ -103,7 +103,8 @@ class RayTrainingParams(HasFeaturesCol, HasLabelCol, HasPredictionCol):
                       "where model artifacts are written; empty means <stagingUri>/output",
                       typeConverter=TypeConverters.toString)
     trainingInputMode = Param(Params._dummy(), "trainingInputMode",
-                              "File (each worker copies its shards locally once) or Pipe (stream every epoch)",
+                              "File (each worker copies remote shards locally once, reads local ones in place, "
+                              "and keeps decoded epochs in memory when they fit) or Pipe (stream every epoch)",
                               typeConverter=_one_of("trainingInputMode", INPUT_MODES))
     dataDistribution = Param(Params._dummy(), "dataDistribution",
                              "ShardedByKey (each worker reads its own shards; SageMaker's ShardedByS3Key is "
