@@ -26,8 +26,12 @@ PREFIX = "sx"
 _OWNED = re.compile(rf"^{PREFIX}(\d+)n\d+-")
 _COUNT = itertools.count()
 _ETC = Path("/etc/netns")
-# run inside every host process: its hostname, its own /tmp, then the command
-_ENTER = 'hostname "$1" && mount --bind "$2" /tmp && shift 2 && exec "$@"'
+# run inside every host process: its hostname, its own /tmp (keeping $3, the checkout, visible when it lives under
+# /tmp: a clone in /tmp is where CI may run), then the command
+_ENTER = ('hostname "$1" && if [ -n "$3" ]; then mkdir -p "$2$3" && mount --bind "/tmp$3" "$2$3"; fi && '
+          'mount --rbind "$2" /tmp && shift 3 && exec "$@"')
+_CHECKOUT = os.path.realpath(Path(__file__).resolve().parents[2])
+_KEEP = _CHECKOUT[len("/tmp"):] if _CHECKOUT.startswith("/tmp/") else ""
 
 
 def unavailable_reason() -> str | None:
@@ -100,7 +104,7 @@ class Host:
     def command(self, argv: Sequence[str]) -> list[str]:
         """`argv` as run on this host (namespace, hostname, private /tmp)."""
         return ["ip", "netns", "exec", self.ns, "unshare", "--uts", "--", "sh", "-c", _ENTER, "enter",
-                self.name, str(self.tmp), *argv]
+                self.name, str(self.tmp), _KEEP, *argv]
 
     def popen(self, argv: Sequence[str], *, env: dict[str, str], log: str, cwd: str | None = None) -> subprocess.Popen:
         """Start `argv` in the background on this host; stdout and stderr go to `<workdir>/logs/<log>.log`."""
