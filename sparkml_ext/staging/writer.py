@@ -153,10 +153,8 @@ def write_partition(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int
                 offset += take
                 written += take
                 encoded += len(data)
-                if inject and written >= fault["after_records"]:
-                    if out.stream is not None:
-                        out.stream.flush()
-                    raise RuntimeError(f"injected failure in partition {partition} after {written} records")
+                if inject:
+                    _inject_fault(out, written, fault, partition)
                 if target and out.bytes + encoded / written / 2 >= target:
                     results.append(out.commit())
                     out = None
@@ -169,6 +167,15 @@ def write_partition(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int
     if spec is not None and not failed and written != stats["rows"]:
         raise RuntimeError(f"partition {partition}: wrote {written} records of the {stats['rows']} rows it read")
     return results
+
+
+def _inject_fault(out: ShardOutput, written: int, fault: dict, partition: int) -> None:
+    """Test hook (`cfg["fault"]`): fail the task's first attempt once `after_records` records are written, leaving
+    the shard half-written as a killed task would."""
+    if written >= fault["after_records"]:
+        if out.stream is not None:
+            out.stream.flush()
+        raise RuntimeError(f"injected failure in partition {partition} after {written} records")
 
 
 def write_encoded(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int,
@@ -208,10 +215,8 @@ def write_encoded(batches: Iterable[pa.RecordBatch], cfg: dict, partition: int,
                 take = int(records[i:j].sum())
                 out.write(payload.slice(int(offsets[i]), int(offsets[j] - offsets[i])), take)
                 written += take
-                if inject and written >= fault["after_records"]:
-                    if out.stream is not None:
-                        out.stream.flush()
-                    raise RuntimeError(f"injected failure in partition {partition} after {written} records")
+                if inject:
+                    _inject_fault(out, written, fault, partition)
         if stats is None:
             raise RuntimeError(f"partition {partition}: the JVM encoder sent no stats")
         if has_problem(stats):
