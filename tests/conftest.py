@@ -7,11 +7,23 @@ from pathlib import Path
 
 import pytest
 
+from tests import background
+
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden" / "recordio"
 REPO = str(Path(__file__).resolve().parent.parent)
 # Spark's Python workers and Ray's workers import test helpers by module path ("tests.ml.models:mlp").
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("SPARKML_EXT_TRUSTED_MODULES", "tests.")  # model files that name them load (ray_backend.trust)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Subprocess suites (tests/background.py) start now and run beside the rest of the session."""
+    if not session.config.option.collectonly:
+        background.start_selected(session)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    background.stop_all(config)
 
 
 @pytest.fixture(scope="session")
