@@ -1,7 +1,7 @@
-"""Subprocess suites that start as soon as collection ends and run beside the rest of the session: they wait on a
-Spark and a Ray of their own, not on this session's CPU, so the suite's wall time no longer adds theirs. A test
+"""Subprocess suites that start early (tests/conftest.py says when) and run beside the rest of the session: they wait
+on a Spark and a Ray of their own, not on this session's CPU, so the suite's wall time no longer adds theirs. A test
 module opts in with `background_run() -> Run | None` (None: nothing to run, the test skips) and its test calls
-`result(config, module)`; run alone, the test starts its run then and waits for it."""
+`result(config, module)`; if its run has not started by then, it starts it and waits."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 _RUNS = pytest.StashKey[dict]()
+_STARTED = pytest.StashKey[bool]()
 
 
 @dataclass
@@ -49,7 +50,10 @@ def _start(run: Run) -> _Started:
 
 
 def start_selected(session: pytest.Session) -> None:
-    """Start the background run of every selected module that has one (once per module)."""
+    """Start the background run of every selected module that has one (first call of a session; later: no-op)."""
+    if session.config.stash.get(_STARTED, False):
+        return
+    session.config.stash[_STARTED] = True
     runs = session.config.stash.setdefault(_RUNS, {})
     for item in session.items:
         module = getattr(item, "module", None)
@@ -61,7 +65,7 @@ def start_selected(session: pytest.Session) -> None:
 
 
 def result(config: pytest.Config, module) -> tuple[Run, subprocess.CompletedProcess]:
-    """The finished run of `module` (waiting for it; starting it now if collection did not); skips if it has none."""
+    """The finished run of `module` (waiting for it; starting it now if it has not started); skips if it has none."""
     runs = config.stash.setdefault(_RUNS, {})
     if module.__name__ not in runs:
         run = module.background_run()

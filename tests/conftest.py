@@ -16,10 +16,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYT
 os.environ.setdefault("SPARKML_EXT_TRUSTED_MODULES", "tests.")  # model files that name them load (ray_backend.trust)
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Subprocess suites (tests/background.py) start now and run beside the rest of the session."""
-    if not session.config.option.collectonly:
-        background.start_selected(session)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Subprocess suites (tests/background.py) start at the first test outside tests/cluster (whose host kills wait
+    on timings that two more Sparks and Rays on the same cores would stretch) and run beside the rest."""
+    if not item.config.option.collectonly and "tests/cluster/" not in item.nodeid:
+        background.start_selected(item.session)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

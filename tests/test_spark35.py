@@ -1,7 +1,7 @@
 """Spark 3.5, what EMR ships (`pyspark>=3.5` is what the package promises): the staging, read-back, estimator
 conformance and persistence suites rerun in a subprocess whose PYTHONPATH puts pyspark 3.5 (installed by
-scripts/setup-env.sh into .venv/spark35) ahead of .venv's pyspark 4. The subprocess starts when collection ends and
-runs beside the rest of the session (tests/background.py)."""
+scripts/setup-env.sh into .venv/spark35) ahead of .venv's pyspark 4. The subprocess runs beside the rest of the session
+(tests/background.py)."""
 
 from __future__ import annotations
 

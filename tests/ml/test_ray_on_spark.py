@@ -1,5 +1,5 @@
 """rayAddress="spark": Ray is started inside the Spark application for the fit (Ray on Spark) and torn down after.
-The job runs in its own process, started when collection ends, beside the rest of the session (tests/background.py)."""
+The job runs in its own process, beside the rest of the session (tests/background.py)."""
 
 from __future__ import annotations
 
