@@ -7,24 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import background
-
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden" / "recordio"
 REPO = str(Path(__file__).resolve().parent.parent)
 # Spark's Python workers and Ray's workers import test helpers by module path ("tests.ml.models:mlp").
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("SPARKML_EXT_TRUSTED_MODULES", "tests.")  # model files that name them load (ray_backend.trust)
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Subprocess suites (tests/background.py) start at the first test outside tests/cluster (whose host kills wait
-    on timings that two more Sparks and Rays on the same cores would stretch) and run beside the rest."""
-    if not item.config.option.collectonly and "tests/cluster/" not in item.nodeid:
-        background.start_selected(item.session)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    background.stop_all(config)
 
 
 @pytest.fixture(scope="session")

@@ -1,32 +1,24 @@
-"""rayAddress="spark": Ray is started inside the Spark application for the fit (Ray on Spark) and torn down after.
-The job runs in its own process, beside the rest of the session (tests/background.py)."""
+"""rayAddress="spark": Ray is started inside the Spark application for the fit (Ray on Spark) and torn down after."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests import background
-
 REPO = Path(__file__).resolve().parents[2]
 
 
-def background_run() -> background.Run:
-    """tests/ml/ray_on_spark_job.py in a fresh process (its own Spark application; no Ray connection yet)."""
+@pytest.mark.slow
+def test_fit_starts_ray_inside_spark_trains_and_tears_it_down_and_concurrent_fits_take_turns(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
-    run = background.Run([sys.executable, "-m", "tests.ml.ray_on_spark_job"], env=env, cwd=str(REPO), timeout=420)
-    run.argv.append(os.path.join(run.workdir, "staging"))
-    return run
-
-
-@pytest.mark.slow
-def test_fit_starts_ray_inside_spark_trains_and_tears_it_down_and_concurrent_fits_take_turns(request):
-    run, proc = background.result(request.config, sys.modules[__name__])
+    proc = subprocess.run([sys.executable, "-m", "tests.ml.ray_on_spark_job", str(tmp_path / "staging")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["auc"] > 0.97 and out["workers"] == 2
@@ -34,4 +26,4 @@ def test_fit_starts_ray_inside_spark_trains_and_tears_it_down_and_concurrent_fit
     assert all(auc > 0.97 for _, auc in out["concurrent"].values())
     assert not out["ray_connected_after"] and not out["ray_on_spark_cluster_after"]
     assert out["env_restored"] and out["spark_jobs_after"] == []
-    assert [p.name for p in Path(run.argv[-1]).iterdir()] == ["output"]  # channels removed, the model kept
+    assert [p.name for p in (tmp_path / "staging").iterdir()] == ["output"]  # channels removed, the model kept
